@@ -1,0 +1,76 @@
+/**
+ * Page codecs: lz4 (default), zstd at a level, none.
+ *
+ * A codec compresses one page into a caller-owned scratch buffer and decompresses into a
+ * caller-owned page buffer: no allocation per page. `compress` is given a capacity; when the
+ * output would not fit it returns 0, and the caller stores the page raw. The page store passes
+ * capacity = 7/8 of the page, so "does not save at least 1/8" costs no extra work.
+ *
+ * Decompression is strict: the result must be exactly the expected length, otherwise -1.
+ */
+import { ZdedupError } from '../../core/errors.js';
+import { nativeLz4, nativeZstd } from './native.js';
+
+export type CodecName = 'lz4' | 'zstd' | 'none';
+
+export interface Codec {
+  /** Canonical spec, e.g. "lz4", "zstd:3", "none". */
+  readonly spec: string;
+  readonly name: CodecName;
+  readonly level: number;
+  /** Compresses src[0, n) into dst; returns the compressed length, or 0 if it needs more than cap bytes. */
+  compress(src: Uint8Array, n: number, dst: Uint8Array, cap: number): number;
+  /** Decompresses src[0, len) into dst, which must receive exactly `expect` bytes; returns true on success. */
+  decompress(src: Uint8Array, len: number, dst: Uint8Array, expect: number): boolean;
+}
+
+export const DEFAULT_ZSTD_LEVEL = 3;
+
+/**
+ * Parses "lz4", "zstd", "zstd:N", "none". Throws ERR_BAD_CODEC for anything else, or for a zstd
+ * level outside the library's range. Loads the native library (ERR_NATIVE_LIBRARY if missing).
+ */
+export function parseCodec(spec: string): Codec {
+  const m = /^(lz4|zstd|none)(?::(-?\d+))?$/.exec(String(spec).trim().toLowerCase());
+  if (!m) throw new ZdedupError('ERR_BAD_CODEC', `unknown codec "${spec}" (expected lz4, zstd, zstd:LEVEL or none)`);
+  const name = m[1] as CodecName;
+  if (m[2] !== undefined && name !== 'zstd') {
+    throw new ZdedupError('ERR_BAD_CODEC', `codec "${name}" takes no level (only zstd:LEVEL does)`);
+  }
+  if (name === 'none') return noneCodec;
+  if (name === 'lz4') return lz4Codec();
+  const z = nativeZstd();
+  const level = m[2] === undefined ? DEFAULT_ZSTD_LEVEL : Number(m[2]);
+  if (!Number.isSafeInteger(level) || level < z.minLevel || level > z.maxLevel || level === 0) {
+    throw new ZdedupError('ERR_BAD_CODEC', `zstd level ${m[2]} out of range (${z.minLevel}..-1 or 1..${z.maxLevel})`);
+  }
+  return {
+    spec: `zstd:${level}`, name: 'zstd', level,
+    compress(src, n, dst, cap) {
+      const r = z.compress(dst, cap, src, n, level);
+      return r > 0 ? r : 0;
+    },
+    decompress(src, len, dst, expect) {
+      return z.decompress(dst, expect, src, len) === expect;
+    },
+  };
+}
+
+function lz4Codec(): Codec {
+  const l = nativeLz4();
+  return {
+    spec: 'lz4', name: 'lz4', level: 0,
+    compress(src, n, dst, cap) {
+      return l.compress(src, dst, n, cap); // 0 when it does not fit
+    },
+    decompress(src, len, dst, expect) {
+      return l.decompress(src, dst, len, expect) === expect;
+    },
+  };
+}
+
+const noneCodec: Codec = {
+  spec: 'none', name: 'none', level: 0,
+  compress() { return 0; }, // never smaller: every page is stored raw
+  decompress() { return false; },
+};

@@ -1,0 +1,6 @@
+import type { Command } from 'commander';
+import type { Ctx } from '../main.js';
+
+export function registerAnalyze(program: Command, ctx: Ctx): void {
+  void program; void ctx; // not yet implemented
+}

@@ -1,0 +1,64 @@
+/**
+ * zdedup command line. Each subcommand lives in commands/<name>.ts and registers itself here;
+ * main() returns the process exit code. Errors with a stable `code` (ZdedupError) are printed
+ * as one line "zdedup: CODE: message" and exit 2; anything else is a bug and prints a stack.
+ */
+import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { ZdedupError } from '../../core/errors.js';
+import { registerBench } from './commands/bench.js';
+import { registerServe } from './commands/serve.js';
+import { registerStats } from './commands/stats.js';
+import { registerSwap } from './commands/swap.js';
+import { registerAnalyze } from './commands/analyze.js';
+
+export function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+/** Set by a command's action: the exit code main() returns. */
+export interface Ctx { exitCode: number }
+
+export function buildProgram(ctx: Ctx): Command {
+  const program = new Command();
+  program
+    .name('zdedup')
+    .description(
+      'A compressed, deduplicating page store for swap and disks, served over NBD.\n\n' +
+      'Every distinct page content is kept once (fingerprint + byte comparison), compressed\n' +
+      '(lz4 or zstd) in a zsmalloc-style allocator; pages of one repeated word cost no allocation.\n\n' +
+      'Start here:\n' +
+      '  zdedup serve                       serve a 1 GiB RAM export on /run/zdedup/zdedup.sock\n' +
+      '  zdedup analyze --all               what would dedup + compression save on this machine?\n' +
+      '  zdedup bench --file pages.img      measure the store on a raw file of pages',
+    )
+    .version(version(), '-V, --version')
+    .exitOverride()
+    .showHelpAfterError('(run with --help for usage)');
+  registerServe(program, ctx);
+  registerStats(program, ctx);
+  registerSwap(program, ctx);
+  registerAnalyze(program, ctx);
+  registerBench(program, ctx);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const ctx: Ctx = { exitCode: 0 };
+  const program = buildProgram(ctx);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return ctx.exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      return e.exitCode === 0 ? 0 : 2; // help/version exit 0; usage errors exit 2
+    }
+    if (e instanceof ZdedupError) {
+      process.stderr.write(`zdedup: ${e.code}: ${e.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`zdedup: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
+    return 1;
+  }
+}
