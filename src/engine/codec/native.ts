@@ -31,8 +31,8 @@ export interface Zstd {
 }
 
 export interface XxHash {
-  /** 64-bit XXH3 of the first `len` bytes, as a BigInt. */
-  xxh3(src: Uint8Array, len: number): bigint;
+  /** 64-bit XXH3 of the first `len` bytes: a BigInt, or a number when below 2^53. */
+  xxh3(src: Uint8Array, len: number): bigint | number;
 }
 
 function open(soname: string, pkg: string): ReturnType<typeof koffi.load> {

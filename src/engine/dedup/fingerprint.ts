@@ -7,7 +7,8 @@
  */
 import { nativeXxhash } from '../codec/native.js';
 
-export type FingerprintFn = (page: Uint8Array, n: number) => bigint;
+/** A 64-bit hash of page[0, n). A number is accepted too (koffi returns one when the value is below 2^53). */
+export type FingerprintFn = (page: Uint8Array, n: number) => bigint | number;
 
 /** The default fingerprint: XXH3-64. */
 export function xxh3Fingerprint(): FingerprintFn {
@@ -22,7 +23,12 @@ export class Fingerprinter {
   /** Hashes page[0, n) into this.lo / this.hi. */
   hash(page: Uint8Array, n: number): void {
     const h = this.fn(page, n);
-    this.lo = Number(h & 0xffffffffn);
-    this.hi = Number((h >> 32n) & 0xffffffffn);
+    if (typeof h === 'number') {
+      this.lo = h >>> 0;
+      this.hi = Math.floor(h / 4294967296) >>> 0;
+    } else {
+      this.lo = Number(h & 0xffffffffn);
+      this.hi = Number((h >> 32n) & 0xffffffffn);
+    }
   }
 }

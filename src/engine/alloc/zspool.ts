@@ -1,0 +1,478 @@
+/**
+ * ZsPool: a zsmalloc-style allocator for compressed pages, over large arenas.
+ *
+ *   arena (1 MiB = 256 units of P bytes; one chain length k per arena)
+ *   +-----------+-----------+-----------+-- ... --+------+
+ *   | zspage 0  | zspage 1  | zspage 2  |         | tail |   each zspage = k contiguous units
+ *   +-----------+-----------+-----------+-- ... --+------+
+ *   zspage of class 1232 B, k = 5 (20480 B): 16 objects packed back to back; objects span the
+ *   unit boundaries inside the zspage; the 768 B tail is the class's waste (see size-class.ts).
+ *
+ * Data structures (struct of arrays, no object per page or per zspage):
+ * - per object id (ids are chosen by the caller, the page store):
+ *     objZs  u32  zspage holding the object (NONE = not allocated)
+ *     objIdx u16  index of the object inside its zspage
+ *   This is the *handle table*: the caller keeps only the id, so moving an object during
+ *   compaction updates these two cells and nothing else.
+ * - per zspage id: class, objects in use, head of its free-object list, arena and slot in the
+ *   arena, fullness group and the links of its group's list.
+ * - free objects inside a zspage form a list threaded through the free objects themselves
+ *   (a u16 "next index" in the object's first two bytes; 0xffff ends the list), so free space
+ *   costs no metadata, as in zsmalloc.
+ * - fullness groups per class: 1..4 = in use in (0,25%], (25,50], (50,75], (75,100%),
+ *   5 = full. Allocation takes the fullest non-full zspage (keeps sparse ones draining);
+ *   compaction empties the sparsest into the fullest.
+ * - arenas: one Buffer each (a JS object per arena — 1 MiB — not per page). An arena whose last
+ *   zspage is freed is dropped (its memory goes back to the allocator). `totalSize()` is the
+ *   bytes of arenas held: zswap's `pool_total_size`.
+ *
+ * Limits: zspage ids are u32; objects per zspage <= 1024 (u16 index); arenas are allocated one
+ * at a time, so a store never holds more than one partially used arena per chain length more
+ * than it needs, plus sparse arenas until compact() runs.
+ */
+import { buildClassTable, classFor, type ClassTable } from './size-class.js';
+import { grow } from './typed.js';
+
+/** Object handles are caller ids; `ObjectId` is the page store's object id. */
+export type ObjectId = number & { readonly __brand: 'ObjectId' };
+export type ZspageId = number & { readonly __brand: 'ZspageId' };
+
+const NONE = 0xffffffff;
+const END = 0xffff;
+const GROUPS = 6; // 0 unused (an empty zspage is freed at once), 1..4 partial, 5 full
+const FULL = 5;
+
+export interface CompactResult {
+  moved_objects: number;
+  freed_zspages: number;
+  moved_zspages: number;
+  freed_arenas: number;
+}
+
+export class ZsPool {
+  readonly classes: ClassTable;
+  readonly pageSize: number;
+  /** 0 = unbounded; else the pool never holds more arena bytes than this. */
+  maxBytes: number;
+
+  // ---- handle table (per object id) ----
+  private objZs = new Uint32Array(0);
+  private objIdx = new Uint16Array(0);
+
+  // ---- zspages (per zspage id) ----
+  private zsClass = new Uint16Array(0);
+  private zsInuse = new Uint16Array(0);
+  private zsFree = new Uint16Array(0);
+  private zsArena = new Uint32Array(0);
+  private zsSlot = new Uint16Array(0);
+  private zsGroup = new Uint8Array(0);
+  private zsNext = new Int32Array(0);
+  private zsPrev = new Int32Array(0);
+  private zsFreeIds = new Uint32Array(0);
+  private zsFreeCount = 0;
+  private zsHigh = 0; // ids below this have been used at least once
+  private groupHead: Int32Array; // [class * GROUPS + group] -> zspage id or -1
+
+  // ---- arenas (per arena: a JS array entry, not per page) ----
+  private arenaBuf: (Buffer | null)[] = [];
+  private arenaChain: number[] = [];
+  private arenaUsed: number[] = [];
+  private arenaFreeSlots: number[][] = [];
+  private arenaFreeIds: number[] = [];
+  /** Per chain length: arenas of that chain with a free zspage slot. */
+  private partial: number[][] = [];
+
+  // ---- statistics ----
+  liveArenas = 0;
+  liveZspages = 0;
+  /** Objects moved by compaction (zram's pages_compacted). */
+  movedObjects = 0;
+
+  /** Set by locate(): the arena and byte offset of an object. Valid until the next pool call. */
+  locBuf: Buffer = Buffer.alloc(0);
+  locOff = 0;
+
+  constructor(pageSize: number, maxBytes = 0) {
+    this.pageSize = pageSize;
+    this.maxBytes = maxBytes;
+    this.classes = buildClassTable(pageSize);
+    this.groupHead = new Int32Array(this.classes.count * GROUPS).fill(-1);
+    for (let k = 0; k <= 8; k++) this.partial.push([]);
+  }
+
+  /** Bytes of arenas held (pool_total_size). */
+  totalSize(): number {
+    return this.liveArenas * this.classes.arenaUnits * this.pageSize;
+  }
+
+  /** Bytes of typed arrays and per-arena bookkeeping this pool holds. */
+  metadataBytes(): number {
+    const arrays = [this.objZs, this.objIdx, this.zsClass, this.zsInuse, this.zsFree, this.zsArena,
+      this.zsSlot, this.zsGroup, this.zsNext, this.zsPrev, this.zsFreeIds, this.groupHead];
+    let b = 0;
+    for (const a of arrays) b += a.byteLength;
+    // per arena: buffer object, chain, used, free-slot list (estimate 64 B + 8 B per slot)
+    b += this.arenaBuf.length * 64 + this.liveArenas * 8 * (this.classes.arenaUnits);
+    return b;
+  }
+
+  /** Makes ids [0, n) usable. */
+  ensureIds(n: number): void {
+    if (n <= this.objZs.length) return;
+    this.objZs = grow(this.objZs, n, NONE);
+    this.objIdx = grow(this.objIdx, this.objZs.length);
+  }
+
+  /** Size in bytes of the class slot holding `id`. */
+  slotSize(id: ObjectId): number {
+    return this.classes.size[this.zsClass[this.objZs[id]!]!]!;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Core: alloc, free, locate
+
+  /**
+   * Allocates `len` bytes (1..pageSize) for object `id`. Returns false when the pool limit (or
+   * the id space) stops it; nothing changes then.
+   */
+  alloc(id: ObjectId, len: number): boolean {
+    const c = classFor(this.classes, len);
+    let z = -1;
+    const base = c * GROUPS;
+    for (let g = FULL - 1; g >= 1; g--) {
+      const h = this.groupHead[base + g]!;
+      if (h >= 0) { z = h; break; }
+    }
+    if (z < 0) {
+      z = this.newZspage(c);
+      if (z < 0) return false;
+    }
+    const idx = this.zsFree[z]!;
+    const buf = this.arenaBuf[this.zsArena[z]!]!;
+    const off = this.objOffset(z, idx);
+    this.zsFree[z] = buf[off]! | (buf[off + 1]! << 8);
+    this.zsInuse[z]++;
+    this.regroup(z);
+    this.objZs[id] = z;
+    this.objIdx[id] = idx;
+    return true;
+  }
+
+  /** Frees object `id`. Frees its zspage when it was the last object, and the arena after it. */
+  free(id: ObjectId): void {
+    const z = this.objZs[id]!;
+    const idx = this.objIdx[id]!;
+    this.objZs[id] = NONE;
+    const buf = this.arenaBuf[this.zsArena[z]!]!;
+    const off = this.objOffset(z, idx);
+    const next = this.zsFree[z]!;
+    buf[off] = next & 0xff;
+    buf[off + 1] = next >>> 8;
+    this.zsFree[z] = idx;
+    if (--this.zsInuse[z] === 0) this.freeZspage(z);
+    else this.regroup(z);
+  }
+
+  /** Sets locBuf/locOff to where object `id` lives. */
+  locate(id: ObjectId): void {
+    const z = this.objZs[id]!;
+    this.locBuf = this.arenaBuf[this.zsArena[z]!]!;
+    this.locOff = this.objOffset(z, this.objIdx[id]!);
+  }
+
+  isAllocated(id: number): boolean {
+    return id < this.objZs.length && this.objZs[id] !== NONE;
+  }
+
+  private objOffset(z: number, idx: number): number {
+    const c = this.zsClass[z]!;
+    return this.zsSlot[z]! * this.classes.chain[c]! * this.pageSize + idx * this.classes.size[c]!;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Zspages and fullness groups
+
+  private groupOf(z: number): number {
+    const inuse = this.zsInuse[z]!;
+    const cap = this.classes.objsPerZspage[this.zsClass[z]!]!;
+    if (inuse >= cap) return FULL;
+    return 1 + Math.floor((4 * inuse) / cap);
+  }
+
+  private link(z: number, g: number): void {
+    const key = this.zsClass[z]! * GROUPS + g;
+    const h = this.groupHead[key]!;
+    this.zsGroup[z] = g;
+    this.zsPrev[z] = -1;
+    this.zsNext[z] = h;
+    if (h >= 0) this.zsPrev[h] = z;
+    this.groupHead[key] = z;
+  }
+
+  private unlink(z: number): void {
+    const key = this.zsClass[z]! * GROUPS + this.zsGroup[z]!;
+    const p = this.zsPrev[z]!, n = this.zsNext[z]!;
+    if (p >= 0) this.zsNext[p] = n; else this.groupHead[key] = n;
+    if (n >= 0) this.zsPrev[n] = p;
+  }
+
+  private regroup(z: number): void {
+    const g = this.groupOf(z);
+    if (g === this.zsGroup[z]) return;
+    this.unlink(z);
+    this.link(z, g);
+  }
+
+  private newZspage(c: number): number {
+    const k = this.classes.chain[c]!;
+    const arena = this.arenaWithFreeSlot(k);
+    if (arena < 0) return -1;
+    let z: number;
+    if (this.zsFreeCount > 0) z = this.zsFreeIds[--this.zsFreeCount]!;
+    else {
+      if (this.zsHigh >= NONE) return -1;
+      z = this.zsHigh++;
+      if (z >= this.zsClass.length) this.growZspages(z + 1);
+    }
+    const slot = this.arenaFreeSlots[arena]!.pop()!;
+    this.arenaUsed[arena]!++;
+    if (this.arenaFreeSlots[arena]!.length === 0) removeValue(this.partial[k]!, arena);
+    this.zsClass[z] = c;
+    this.zsInuse[z] = 0;
+    this.zsArena[z] = arena;
+    this.zsSlot[z] = slot;
+    this.threadFreeList(z);
+    this.link(z, 1);
+    this.liveZspages++;
+    return z;
+  }
+
+  /** Writes the free-object chain 0 -> 1 -> ... -> n-1 -> END into a fresh zspage. */
+  private threadFreeList(z: number): void {
+    const c = this.zsClass[z]!;
+    const n = this.classes.objsPerZspage[c]!;
+    const size = this.classes.size[c]!;
+    const buf = this.arenaBuf[this.zsArena[z]!]!;
+    let off = this.objOffset(z, 0);
+    for (let i = 0; i < n; i++, off += size) {
+      const next = i + 1 < n ? i + 1 : END;
+      buf[off] = next & 0xff;
+      buf[off + 1] = next >>> 8;
+    }
+    this.zsFree[z] = 0;
+  }
+
+  private freeZspage(z: number): void {
+    this.unlink(z);
+    const a = this.zsArena[z]!;
+    const k = this.arenaChain[a]!;
+    const slots = this.arenaFreeSlots[a]!;
+    if (slots.length === 0) this.partial[k]!.push(a);
+    slots.push(this.zsSlot[z]!);
+    this.zsArena[z] = NONE;
+    this.zsFreeIds = grow(this.zsFreeIds, this.zsFreeCount + 1);
+    this.zsFreeIds[this.zsFreeCount++] = z;
+    this.liveZspages--;
+    if (--this.arenaUsed[a]! === 0) this.dropArena(a);
+  }
+
+  private growZspages(n: number): void {
+    this.zsClass = grow(this.zsClass, n);
+    const cap = this.zsClass.length;
+    this.zsInuse = grow(this.zsInuse, cap);
+    this.zsFree = grow(this.zsFree, cap);
+    this.zsArena = grow(this.zsArena, cap, NONE);
+    this.zsSlot = grow(this.zsSlot, cap);
+    this.zsGroup = grow(this.zsGroup, cap);
+    this.zsNext = grow(this.zsNext, cap);
+    this.zsPrev = grow(this.zsPrev, cap);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Arenas
+
+  private arenaWithFreeSlot(k: number): number {
+    const list = this.partial[k]!;
+    if (list.length > 0) {
+      // Prefer the fullest partial arena, so sparse arenas drain and can be dropped.
+      let best = list[0]!;
+      for (let i = 1; i < list.length; i++) if (this.arenaUsed[list[i]!]! > this.arenaUsed[best]!) best = list[i]!;
+      return best;
+    }
+    const bytes = this.classes.arenaUnits * this.pageSize;
+    if (this.maxBytes > 0 && this.totalSize() + bytes > this.maxBytes) return -1;
+    const a = this.arenaFreeIds.length > 0 ? this.arenaFreeIds.pop()! : this.arenaBuf.length;
+    // allocUnsafeSlow: a buffer of its own (not a slice of Node's shared pool), so dropping the
+    // arena really releases its memory. Contents are irrelevant until written.
+    this.arenaBuf[a] = Buffer.allocUnsafeSlow(bytes);
+    this.arenaChain[a] = k;
+    this.arenaUsed[a] = 0;
+    const n = Math.floor(this.classes.arenaUnits / k);
+    const slots: number[] = [];
+    for (let s = n - 1; s >= 0; s--) slots.push(s);
+    this.arenaFreeSlots[a] = slots;
+    list.push(a);
+    this.liveArenas++;
+    return a;
+  }
+
+  private dropArena(a: number): void {
+    removeValue(this.partial[this.arenaChain[a]!]!, a);
+    this.arenaBuf[a] = null;
+    this.arenaFreeSlots[a] = [];
+    this.arenaFreeIds.push(a);
+    this.liveArenas--;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Compaction
+
+  /**
+   * Moves objects out of sparse zspages into fuller ones of the same class (freeing the emptied
+   * zspages), then moves whole zspages out of sparse arenas into fuller arenas of the same chain
+   * length (freeing the emptied arenas). Every move copies bytes and updates one handle cell
+   * (objZs/objIdx for an object, zsArena/zsSlot for a zspage); ids held by callers stay valid.
+   */
+  compact(): CompactResult {
+    const r: CompactResult = { moved_objects: 0, freed_zspages: 0, moved_zspages: 0, freed_arenas: 0 };
+    const arenasBefore = this.liveArenas;
+    // Reverse map zspage -> its objects, built once (O(ids)); compaction is rare.
+    const head = new Int32Array(this.zsHigh).fill(-1);
+    const next = new Int32Array(this.objZs.length);
+    for (let id = 0; id < this.objZs.length; id++) {
+      const z = this.objZs[id]!;
+      if (z === NONE) continue;
+      next[id] = head[z]!;
+      head[z] = id;
+    }
+    for (let c = 0; c < this.classes.count; c++) this.compactClass(c, head, next, r);
+    r.moved_zspages = this.compactArenas();
+    r.freed_arenas = arenasBefore - this.liveArenas;
+    this.movedObjects += r.moved_objects;
+    return r;
+  }
+
+  private compactClass(c: number, head: Int32Array, next: Int32Array, r: CompactResult): void {
+    const cap = this.classes.objsPerZspage[c]!;
+    const size = this.classes.size[c]!;
+    const base = c * GROUPS;
+    for (;;) {
+      // Free slots in partial zspages of this class.
+      let free = 0;
+      let src = -1;
+      for (let g = 1; g < FULL; g++) {
+        for (let z = this.groupHead[base + g]!; z >= 0; z = this.zsNext[z]!) {
+          free += cap - this.zsInuse[z]!;
+          if (src < 0 || this.zsInuse[z]! < this.zsInuse[src]!) src = z;
+        }
+      }
+      if (src < 0) return;
+      // Moving src's objects only pays if the other partial zspages can take all of them.
+      if (free - (cap - this.zsInuse[src]!) < this.zsInuse[src]!) return;
+      const srcBuf = this.arenaBuf[this.zsArena[src]!]!;
+      // Detach src from allocation while we empty it.
+      this.unlink(src);
+      this.zsGroup[src] = FULL; // so regroup/alloc never pick it
+      this.link(src, FULL);
+      for (let id = head[src]!; id >= 0;) {
+        const nid = next[id]!;
+        const srcOff = this.objOffset(src, this.objIdx[id]!);
+        let dst = -1;
+        for (let g = FULL - 1; g >= 1 && dst < 0; g--) dst = this.groupHead[base + g]!;
+        // dst exists: free slots elsewhere >= objects left in src.
+        const idx = this.zsFree[dst]!;
+        const dstBuf = this.arenaBuf[this.zsArena[dst]!]!;
+        const dstOff = this.objOffset(dst, idx);
+        this.zsFree[dst] = dstBuf[dstOff]! | (dstBuf[dstOff + 1]! << 8);
+        srcBuf.copy(dstBuf, dstOff, srcOff, srcOff + size);
+        this.zsInuse[dst]++;
+        this.regroup(dst);
+        this.objZs[id] = dst;
+        this.objIdx[id] = idx;
+        next[id] = head[dst]!;
+        head[dst] = id;
+        this.zsInuse[src]--;
+        r.moved_objects++;
+        id = nid;
+      }
+      head[src] = -1;
+      this.freeZspage(src);
+      r.freed_zspages++;
+    }
+  }
+
+  private compactArenas(): number {
+    let moved = 0;
+    for (let k = 1; k < this.partial.length; k++) {
+      const list = this.partial[k]!;
+      if (list.length < 2) continue;
+      const slotsPer = Math.floor(this.classes.arenaUnits / k);
+      const bytes = k * this.pageSize;
+      // zspages per arena (only for arenas of this chain)
+      const byArena = new Map<number, number[]>();
+      for (const a of list) byArena.set(a, []);
+      for (let z = 0; z < this.zsHigh; z++) {
+        const a = this.zsArena[z]!;
+        if (a !== NONE && byArena.has(a)) byArena.get(a)!.push(z);
+      }
+      for (;;) {
+        if (list.length < 2) break;
+        let src = list[0]!;
+        for (const a of list) if (this.arenaUsed[a]! < this.arenaUsed[src]!) src = a;
+        let room = 0;
+        for (const a of list) if (a !== src) room += slotsPer - this.arenaUsed[a]!;
+        if (room < this.arenaUsed[src]!) break;
+        const zs = byArena.get(src)!;
+        for (const z of zs) {
+          let dst = -1;
+          for (const a of list) if (a !== src && this.arenaFreeSlots[a]!.length > 0 && (dst < 0 || this.arenaUsed[a]! > this.arenaUsed[dst]!)) dst = a;
+          const slot = this.arenaFreeSlots[dst]!.pop()!;
+          const from = this.zsSlot[z]! * bytes;
+          this.arenaBuf[src]!.copy(this.arenaBuf[dst]!, slot * bytes, from, from + bytes);
+          this.arenaFreeSlots[src]!.push(this.zsSlot[z]!);
+          this.arenaUsed[src]!--;
+          this.arenaUsed[dst]!++;
+          this.zsArena[z] = dst;
+          this.zsSlot[z] = slot;
+          byArena.get(dst)!.push(z);
+          if (this.arenaFreeSlots[dst]!.length === 0) removeValue(list, dst);
+          moved++;
+        }
+        byArena.set(src, []);
+        this.dropArena(src);
+      }
+    }
+    return moved;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // White-box checks for tests
+
+  /** Verifies internal invariants; throws on the first violation. */
+  checkInvariants(): void {
+    const counted = new Uint32Array(this.zsHigh);
+    for (let id = 0; id < this.objZs.length; id++) {
+      const z = this.objZs[id]!;
+      if (z === NONE) continue;
+      if (z >= this.zsHigh || this.zsArena[z] === NONE) throw new Error(`object ${id} in dead zspage ${z}`);
+      counted[z]!++;
+    }
+    let live = 0;
+    for (let z = 0; z < this.zsHigh; z++) {
+      if (this.zsArena[z] === NONE) { if (counted[z]) throw new Error(`dead zspage ${z} has objects`); continue; }
+      live++;
+      if (counted[z] !== this.zsInuse[z]) throw new Error(`zspage ${z}: inuse ${this.zsInuse[z]} != ${counted[z]}`);
+      if (this.zsGroup[z] !== this.groupOf(z)) throw new Error(`zspage ${z} in wrong group`);
+      if (this.arenaBuf[this.zsArena[z]!] == null) throw new Error(`zspage ${z} in dropped arena`);
+    }
+    if (live !== this.liveZspages) throw new Error(`liveZspages ${this.liveZspages} != ${live}`);
+    let arenas = 0;
+    for (const b of this.arenaBuf) if (b) arenas++;
+    if (arenas !== this.liveArenas) throw new Error(`liveArenas mismatch`);
+  }
+}
+
+function removeValue(list: number[], v: number): void {
+  const i = list.indexOf(v);
+  if (i >= 0) { list[i] = list[list.length - 1]!; list.pop(); }
+}
