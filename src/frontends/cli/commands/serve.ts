@@ -1,6 +1,347 @@
+/**
+ * `zdedup serve`: the daemon. Builds one PageStore, one NBD export per --export (an area each),
+ * listens where asked, serves /stats and /metrics over HTTP, logs JSON lines to stderr, and stops
+ * gracefully on SIGTERM/SIGINT (exit 0).
+ *
+ * Settings come from, highest first: command-line flags > ZDEDUP_* environment variables >
+ * the --config JSON file > defaults. resolveServeConfig() does that merge in one place.
+ *
+ * Where NBD is served:
+ *   - socket activation (LISTEN_PID = our pid, LISTEN_FDS ≥ 1): the inherited fds from 3 on;
+ *   - else --stdio: one connection on stdin/stdout, exit when it closes;
+ *   - else the unix socket (default /run/zdedup/zdedup.sock) and/or TCP with --listen.
+ */
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import type { Command } from 'commander';
-import type { Ctx } from '../main.js';
+import { PageStore } from '../../../core/page-store.js';
+import { ZdedupError, parseSize } from '../../../core/errors.js';
+import { StatsHttpServer } from '../../http/server.js';
+import { Logger, isLogLevel, type LogLevel } from '../../log.js';
+import type { ExportSpec } from '../../nbd/export.js';
+import { NbdServer } from '../../nbd/server.js';
+import { version, type Ctx } from '../main.js';
+
+export const DEFAULT_SOCKET = '/run/zdedup/zdedup.sock';
+export const DEFAULT_SIZE = '1G';
+export const DEFAULT_HTTP = '127.0.0.1:10810';
+export const DEFAULT_NBD_PORT = 10809;
+
+/** Everything `serve` needs, after merging flags, environment, config file and defaults. */
+export interface ServeConfig {
+  socket: string | null;
+  listen: { host: string; port: number } | null;
+  http: { host: string; port: number } | null;
+  stdio: boolean;
+  exports: ExportSpec[];
+  pageSize: number;
+  codec: string;
+  sharedDedup: boolean;
+  maxPool: number;
+  logLevel: LogLevel;
+}
+
+/** Raw settings from one source (flags, env or file), all optional. */
+interface RawSettings {
+  socket?: string;
+  size?: string;
+  codec?: string;
+  http?: string;
+  export?: string[];
+  pageSize?: string;
+  listen?: string;
+  readOnly?: boolean;
+  sharedDedup?: boolean;
+  maxPool?: string;
+  logLevel?: string;
+  stdio?: boolean;
+}
+
+const ENV: Record<keyof RawSettings, string> = {
+  socket: 'ZDEDUP_SOCKET',
+  size: 'ZDEDUP_SIZE',
+  codec: 'ZDEDUP_CODEC',
+  http: 'ZDEDUP_HTTP',
+  export: 'ZDEDUP_EXPORTS',
+  pageSize: 'ZDEDUP_PAGE_SIZE',
+  listen: 'ZDEDUP_LISTEN',
+  readOnly: 'ZDEDUP_READ_ONLY',
+  sharedDedup: 'ZDEDUP_SHARED_DEDUP',
+  maxPool: 'ZDEDUP_MAX_POOL',
+  logLevel: 'ZDEDUP_LOG_LEVEL',
+  stdio: 'ZDEDUP_STDIO',
+};
+const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio']);
+
+const HELP_AFTER = `
+Sizes take K/M/G/T suffixes (binary). Settings may also come from the environment
+(${Object.values(ENV).join(', ')}; ZDEDUP_EXPORTS is comma-separated) or from a JSON --config
+file with the same keys (e.g. {"socket": "...", "codec": "zstd:3", "export": ["vm:20G"]}).
+Precedence: flags > environment > config file > defaults.
+
+Examples:
+  zdedup serve
+      one 1 GiB export named "" on ${DEFAULT_SOCKET}, stats on http://${DEFAULT_HTTP}/stats
+  zdedup serve --socket /tmp/z.sock --size 4G --codec zstd:3 --http 127.0.0.1:9000
+  zdedup serve --export swap:8G --export vm:20G --listen 127.0.0.1:10809
+      two exports over a unix socket and TCP; nbdinfo --list 'nbd://127.0.0.1' lists them
+  nbdinfo -- [ zdedup serve --stdio --size 64M ]
+      libnbd tools start the server themselves (socket activation or stdin/stdout)
+
+Then:
+  nbdinfo --map 'nbd+unix:///?socket=/tmp/z.sock'          what is stored
+  qemu-img convert -n -O raw disk.img 'nbd+unix:///?socket=/tmp/z.sock'
+  zdedup stats --http 127.0.0.1:9000                       ratios and counters
+Stop with SIGTERM or Ctrl-C: requests already received are answered, then it exits 0.
+`;
 
 export function registerServe(program: Command, ctx: Ctx): void {
-  void program; void ctx; // not yet implemented
+  program
+    .command('serve')
+    .summary('serve the page store over NBD (swap device, VM disk)')
+    .description(
+      'Serve a compressed, deduplicating RAM store over NBD (fixed newstyle; structured replies,\n' +
+      'base:allocation, multi-conn). Each export is a separate area of one page store.',
+    )
+    .option('--socket <path>', `unix socket to listen on (default ${DEFAULT_SOCKET}; the directory is created)`)
+    .option('--size <size>', `size of the default export "" (default ${DEFAULT_SIZE})`)
+    .option('--export <name:size[:ro]>', 'an export (repeatable); replaces the default export', collect)
+    .option('--codec <codec>', 'lz4 | zstd[:LEVEL] | none (default lz4)')
+    .option('--page-size <size>', 'store page size, a power of two 4K..64K (default 4K)')
+    .option('--listen <[host:]port>', `also (or only) listen on TCP; host defaults to 127.0.0.1, port to ${DEFAULT_NBD_PORT}`)
+    .option('--http <host:port|off>', `HTTP /stats and /metrics (default ${DEFAULT_HTTP}; "off" disables)`)
+    .option('--read-only', 'serve every export read-only')
+    .option('--shared-dedup', 'deduplicate across exports (default: each export is its own dedup domain)')
+    .option('--max-pool <size>', 'cap the compressed pool; writes beyond it fail with ENOSPC (default unbounded)')
+    .option('--stdio', 'serve one NBD connection on stdin/stdout, then exit (logs stay on stderr)')
+    .option('--config <file>', 'JSON file with the same settings (env ZDEDUP_CONFIG)')
+    .option('--log-level <level>', 'error | warn | info | debug (default info)')
+    .addHelpText('after', HELP_AFTER)
+    .action(async (opts: RawSettings & { config?: string }) => {
+      const cfg = resolveServeConfig(opts, process.env);
+      ctx.exitCode = await runServe(cfg);
+    });
+}
+
+function collect(v: string, prev: string[] | undefined): string[] {
+  return [...(prev ?? []), v];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/** Merges flags > env > config file > defaults into a checked ServeConfig. */
+export function resolveServeConfig(flags: RawSettings & { config?: string }, env: NodeJS.ProcessEnv): ServeConfig {
+  const fromEnv = envSettings(env);
+  const configPath = flags.config ?? env.ZDEDUP_CONFIG;
+  const fromFile = configPath !== undefined && configPath !== '' ? fileSettings(configPath) : {};
+  const pick = <K extends keyof RawSettings>(k: K): RawSettings[K] => flags[k] ?? fromEnv[k] ?? fromFile[k];
+
+  const stdio = pick('stdio') === true;
+  const activated = socketActivationFds(env) > 0;
+  const pageSize = parseSize(pick('pageSize') ?? '4K');
+  const readOnly = pick('readOnly') === true;
+  const logLevel = pick('logLevel') ?? 'info';
+  if (!isLogLevel(logLevel)) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--log-level must be error, warn, info or debug, got "${logLevel}"`);
+
+  const exportArgs = pick('export');
+  let exports: ExportSpec[];
+  if (exportArgs !== undefined && exportArgs.length > 0) {
+    exports = exportArgs.map((a) => parseExportArg(a, readOnly));
+  } else {
+    exports = [{ name: '', size: parseSize(pick('size') ?? DEFAULT_SIZE), readOnly, description: 'zdedup default export' }];
+  }
+
+  const listenArg = pick('listen');
+  const listen = listenArg !== undefined ? parseHostPort(listenArg, DEFAULT_NBD_PORT, '--listen') : null;
+  // The unix socket is the default unless TCP was asked for alone, or another transport is in use.
+  const socketArg = pick('socket');
+  const socket = socketArg ?? (listen === null && !stdio && !activated ? DEFAULT_SOCKET : null);
+  // HTTP is on by default for a daemon; a server started by a client (--stdio, activation) opens no
+  // port unless asked, so it never collides with a daemon's default port.
+  const httpArg = pick('http') ?? (stdio || activated ? 'off' : DEFAULT_HTTP);
+  const http = httpArg === 'off' || httpArg === '' ? null : parseHostPort(httpArg, undefined, '--http');
+
+  const maxPoolArg = pick('maxPool');
+  return {
+    socket, listen, http, stdio, exports, pageSize,
+    codec: pick('codec') ?? 'lz4',
+    sharedDedup: pick('sharedDedup') === true,
+    maxPool: maxPoolArg !== undefined ? parseSize(maxPoolArg) : 0,
+    logLevel,
+  };
+}
+
+function envSettings(env: NodeJS.ProcessEnv): RawSettings {
+  const out: Record<string, unknown> = {};
+  for (const [k, name] of Object.entries(ENV) as [keyof RawSettings, string][]) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    if (BOOLEAN_KEYS.has(k)) out[k] = parseBool(v, name);
+    else if (k === 'export') out[k] = v.split(',').map((s) => s.trim()).filter((s) => s !== '');
+    else out[k] = v;
+  }
+  return out as RawSettings;
+}
+
+/** Reads the --config JSON file: keys as the flags, camelCase or kebab-case. */
+function fileSettings(path: string): RawSettings {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', `cannot read config file ${path}: ${(e as Error).message}`);
+  }
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', `config file ${path} must hold a JSON object`);
+  }
+  const out: Record<string, unknown> = {};
+  for (const [rawKey, v] of Object.entries(doc as Record<string, unknown>)) {
+    let k = rawKey.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+    if (k === 'exports') k = 'export';
+    if (!(k in ENV)) throw new ZdedupError('ERR_INVALID_ARGUMENT', `config file ${path}: unknown key "${rawKey}"`);
+    const key = k as keyof RawSettings;
+    if (BOOLEAN_KEYS.has(key)) {
+      if (typeof v !== 'boolean') throw new ZdedupError('ERR_INVALID_ARGUMENT', `config file ${path}: "${rawKey}" must be true or false`);
+      out[key] = v;
+    } else if (key === 'export') {
+      const list = Array.isArray(v) ? v : [v];
+      out[key] = list.map((x) => {
+        if (typeof x === 'string') return x;
+        if (x !== null && typeof x === 'object' && typeof (x as { name?: unknown }).name === 'string') {
+          const o = x as { name: string; size: string | number; readOnly?: boolean };
+          return `${o.name}:${String(o.size)}${o.readOnly === true ? ':ro' : ''}`;
+        }
+        throw new ZdedupError('ERR_INVALID_ARGUMENT', `config file ${path}: exports are "NAME:SIZE" or {"name", "size"}`);
+      });
+    } else if (typeof v === 'string' || typeof v === 'number') {
+      out[key] = String(v);
+    } else {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', `config file ${path}: "${rawKey}" must be a string or number`);
+    }
+  }
+  return out as RawSettings;
+}
+
+/** "NAME:SIZE" or "NAME:SIZE:ro"; the name may be empty (":1G") and may itself contain colons. */
+export function parseExportArg(arg: string, allReadOnly: boolean): ExportSpec {
+  let s = arg;
+  let readOnly = allReadOnly;
+  if (s.endsWith(':ro')) { readOnly = true; s = s.slice(0, -3); }
+  const i = s.lastIndexOf(':');
+  if (i < 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${arg}": expected NAME:SIZE (e.g. swap:8G, or :1G for the default export)`);
+  return { name: s.slice(0, i), size: parseSize(s.slice(i + 1)), readOnly };
+}
+
+/** "host:port", "port", ":port", "[v6]:port"; host defaults to 127.0.0.1. */
+export function parseHostPort(arg: string, defaultPort: number | undefined, what: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*))?(?::(\d+))?$/.exec(arg.trim());
+  let host = '127.0.0.1';
+  let port: number | undefined = defaultPort;
+  if (/^\d+$/.test(arg.trim())) {
+    port = Number(arg.trim());
+  } else if (m) {
+    host = m[1] ?? (m[2] !== undefined && m[2] !== '' ? m[2] : host);
+    if (m[3] !== undefined) port = Number(m[3]);
+  } else {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', `${what} "${arg}": expected HOST:PORT`);
+  }
+  if (port === undefined || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', `${what} "${arg}": expected HOST:PORT with a port 0..65535`);
+  }
+  return { host, port };
+}
+
+function parseBool(v: string, name: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(v)) return true;
+  if (/^(0|false|no|off)$/i.test(v)) return false;
+  throw new ZdedupError('ERR_INVALID_ARGUMENT', `${name}="${v}": expected 1/0, true/false, yes/no or on/off`);
+}
+
+/** Number of sockets passed by systemd-style socket activation to this very process, else 0. */
+function socketActivationFds(env: NodeJS.ProcessEnv): number {
+  if (env.LISTEN_PID === undefined || Number(env.LISTEN_PID) !== process.pid) return 0;
+  const n = Number(env.LISTEN_FDS);
+  return Number.isSafeInteger(n) && n > 0 ? n : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+// ---------------------------------------------------------------------------------------------
+
+/** Runs the server until a signal (or, with --stdio, until its one connection ends). Returns the exit code. */
+export async function runServe(cfg: ServeConfig): Promise<number> {
+  const log = new Logger(cfg.logLevel);
+  const store = new PageStore({
+    pageSize: cfg.pageSize, codec: cfg.codec, sharedDedup: cfg.sharedDedup, maxPoolBytes: cfg.maxPool,
+  });
+  const nbd = new NbdServer({ store, pageSize: cfg.pageSize, exports: cfg.exports, log });
+
+  let done!: (code: number) => void;
+  const finished = new Promise<number>((r) => { done = r; });
+  let stopping = false;
+  let httpServer: StatsHttpServer | undefined;
+  const stop = async (why: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping', { why });
+    await nbd.close();
+    await httpServer?.close();
+    log.info('stopped', { counters: nbd.counters.toJSON() });
+    done(0);
+  };
+  const onSignal = (sig: NodeJS.Signals): void => { void stop(sig); };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+
+  const where: Record<string, unknown> = {};
+  try {
+    const activated = socketActivationFds(process.env);
+    if (activated > 0) {
+      delete process.env.LISTEN_PID;
+      delete process.env.LISTEN_FDS;
+      delete process.env.LISTEN_FDNAMES;
+      for (let fd = 3; fd < 3 + activated; fd++) await nbd.listenFd(fd);
+      where.activation_fds = activated;
+    } else if (cfg.stdio) {
+      const input = new net.Socket({ fd: 0, readable: true, writable: false });
+      const output = new net.Socket({ fd: 1, readable: false, writable: true });
+      void nbd.serveStreams(input, output).then(() => stop('stdio connection closed'));
+      where.stdio = true;
+    }
+    if (activated === 0 && !cfg.stdio) {
+      if (cfg.socket !== null) {
+        await nbd.listenUnix(cfg.socket);
+        where.socket = cfg.socket;
+      }
+      if (cfg.listen !== null) {
+        const port = await nbd.listenTcp(cfg.listen.host, cfg.listen.port);
+        where.tcp = `${cfg.listen.host}:${port}`;
+      }
+    }
+    if (cfg.http !== null) {
+      httpServer = new StatsHttpServer({ ...cfg.http, store, nbd, log, version: version() });
+      const port = await httpServer.listen();
+      where.http = `${cfg.http.host}:${port}`;
+    }
+  } catch (e) {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    await nbd.close(0);
+    await httpServer?.close();
+    const err = e as NodeJS.ErrnoException;
+    if (e instanceof ZdedupError) throw e;
+    throw new ZdedupError('ERR_IO', `cannot listen: ${err.message}`, { cause: e });
+  }
+  log.info('ready', {
+    ...where,
+    exports: cfg.exports.map((e) => ({ name: e.name, size: e.size, read_only: e.readOnly === true })),
+    page_size: cfg.pageSize, codec: cfg.codec, shared_dedup: cfg.sharedDedup, max_pool: cfg.maxPool,
+    pid: process.pid,
+  });
+  const code = await finished;
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
+  return code;
 }
