@@ -1,0 +1,105 @@
+/**
+ * File sources: raw page files, block devices and swap images, read sequentially in batches
+ * (batchPages x pageSize bytes per read, into the analyzer's buffer).
+ *
+ * Every whole page is analysed; bytes after the last whole page are counted as TAIL_BYTES.
+ * A swap image (signature "SWAPSPACE2" or "SWAP-SPACE" in the last 10 bytes of the first 4 KiB)
+ * has its first page, the header, skipped (HEADER = 1). The rest of a swap area is taken as is:
+ * free slots still hold whatever was swapped there before, and the kernel's map of which slots
+ * are in use is not on the device, so a swap image measures the slots' contents, not only the
+ * live ones.
+ */
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { Analyzer, S } from './analyzer.js';
+import type { SourceError } from './proc.js';
+
+export type FileKind = 'file' | 'block_device' | 'swap_image';
+
+export interface FileScan {
+  status: 'ok' | 'partial' | 'error';
+  error: SourceError | null;
+  kind: FileKind;
+  /** Size in bytes when known up front (regular files, block devices), else 0. */
+  size: number;
+}
+
+/** Size of a file or block device in bytes, 0 if unknown. */
+export function sizeOf(path: string): number {
+  try {
+    const fd = openSync(path, 'r');
+    try { return deviceOrFileSize(fd); } finally { closeSync(fd); }
+  } catch { return 0; }
+}
+
+function deviceOrFileSize(fd: number): number {
+  const st = fstatSync(fd);
+  if (st.isFile()) return st.size;
+  if (st.isBlockDevice()) {
+    // st_size is 0 for block devices: the size is in sysfs, in 512-byte sectors.
+    // glibc's dev_t layout: major = bits 8..19 and 32..43, minor = bits 0..7 and 20..31.
+    const d = st.rdev;
+    const maj = (Math.floor(d / 256) & 0xfff) | (Math.floor(d / 2 ** 32) & 0xfffff000);
+    const min = (d & 0xff) | (Math.floor(d / 4096) & 0xffffff00);
+    try { return Number(readFileSync(`/sys/dev/block/${maj}:${min}/size`, 'utf8').trim()) * 512; } catch { return 0; }
+  }
+  return 0;
+}
+
+function isSwapHeader(b: Uint8Array, n: number): boolean {
+  if (n < 4096) return false;
+  const sig = Buffer.from(b.buffer, b.byteOffset + 4086, 10).toString('latin1');
+  return sig === 'SWAPSPACE2' || sig === 'SWAP-SPACE';
+}
+
+export function scanFile(an: Analyzer, path: string, onProgress?: (bytes: number) => void): FileScan {
+  const res: FileScan = { status: 'ok', error: null, kind: 'file', size: 0 };
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+    const st = fstatSync(fd);
+    if (st.isDirectory()) { closeSync(fd); throw Object.assign(new Error('is a directory'), { code: 'EISDIR' }); }
+    if (st.isBlockDevice()) res.kind = 'block_device';
+    res.size = deviceOrFileSize(fd);
+  } catch (e) {
+    res.status = 'error';
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    res.error = { code, message: `${path}: ${(e as Error).message}` };
+    return res;
+  }
+  const P = an.pageSize, buf = an.batch, cap = buf.length;
+  let pos = 0, fill = 0, first = true, done = 0;
+  try {
+    for (;;) {
+      const got = readSync(fd, buf, fill, cap - fill, pos);
+      pos += got;
+      fill += got;
+      if (first && (fill >= 4096 || got === 0)) {
+        first = false;
+        if (isSwapHeader(buf, fill)) {
+          res.kind = 'swap_image';
+          an.count(S.HEADER, 1);
+          buf.copyWithin(0, P, fill);
+          fill = Math.max(0, fill - P);
+        }
+      }
+      if (fill === cap || (got === 0 && fill >= P)) {
+        const pages = Math.floor(fill / P);
+        an.processBatch(pages);
+        done += pages * P;
+        onProgress?.(done);
+        const rest = fill - pages * P;
+        if (rest > 0) buf.copyWithin(0, pages * P, fill);
+        fill = rest;
+      }
+      if (got === 0) break;
+    }
+  } catch (e) {
+    res.status = 'partial';
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    res.error = { code, message: `${path}: read failed at byte ${pos}: ${(e as Error).message}` };
+  } finally {
+    closeSync(fd);
+  }
+  an.count(S.TAIL_BYTES, fill);
+  return res;
+}
