@@ -396,7 +396,8 @@ export class NbdConnection {
     this.host.counters.countError(errno);
     if (!logged) {
       this.note('request refused', {
-        cmd: CMD_NAMES[r.type] ?? r.type, flags: r.flags, offset: r.offset, length: r.length, errno: ERRNO_NAMES[errno],
+        cmd: CMD_NAMES[r.type] ?? r.type, flags: r.flags, offset: Number.isFinite(r.offset) ? r.offset : '>= 2^53', length: r.length,
+        errno: ERRNO_NAMES[errno],
       });
     }
     if (this.ctx.structured && (r.type === CMD.READ || r.type === CMD.BLOCK_STATUS)) {

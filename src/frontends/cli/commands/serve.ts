@@ -150,7 +150,7 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   if (exportArgs !== undefined && exportArgs.length > 0) {
     exports = exportArgs.map((a) => parseExportArg(a, readOnly));
   } else {
-    exports = [{ name: '', size: parseSize(pick('size') ?? DEFAULT_SIZE), readOnly, description: 'zdedup default export' }];
+    exports = [{ name: '', size: parseSize(pick('size') ?? DEFAULT_SIZE), readOnly, description: describeExport('', readOnly) }];
   }
 
   const listenArg = pick('listen');
@@ -231,7 +231,13 @@ export function parseExportArg(arg: string, allReadOnly: boolean): ExportSpec {
   if (s.endsWith(':ro')) { readOnly = true; s = s.slice(0, -3); }
   const i = s.lastIndexOf(':');
   if (i < 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${arg}": expected NAME:SIZE (e.g. swap:8G, or :1G for the default export)`);
-  return { name: s.slice(0, i), size: parseSize(s.slice(i + 1)), readOnly };
+  const name = s.slice(0, i);
+  return { name, size: parseSize(s.slice(i + 1)), readOnly, description: describeExport(name, readOnly) };
+}
+
+/** The description LIST and INFO_DESCRIPTION report. */
+function describeExport(name: string, readOnly: boolean): string {
+  return `zdedup ${name === '' ? 'default export' : `export ${name}`}${readOnly ? ' (read-only)' : ''}`;
 }
 
 /** "host:port", "port", ":port", "[v6]:port"; host defaults to 127.0.0.1. */
