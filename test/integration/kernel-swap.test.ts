@@ -220,11 +220,13 @@ test('the kernel swaps through zdedup (nbdfuse + loop): every byte returns, dupl
       assert.ok(n(peak, 'same_filled_pages') > 0, 'same-filled pages were recognised');
 
       // ---- the workload is gone: the kernel frees its slots and discards them ------------------
-      // (swapon --discard: freed clusters are discarded asynchronously, hence the poll)
+      // swapon --discard: each swap cluster (2 MiB) is discarded, asynchronously, once all its
+      // slots are free, hence the poll. A cluster still holding a slot (the swap header's, or
+      // another process's) keeps its pages: so "at least 90% freed", not "all".
       const peakStored = n(peak, 'stored_pages');
       const after = await pollUntil(async () => {
         const s = await fetchStats(http);
-        return s.ok && n(s.stats, 'stored_pages') <= peakStored / 2 ? s.stats : null;
+        return s.ok && n(s.stats, 'stored_pages') <= peakStored / 10 ? s.stats : null;
       }, 1200, 100);
       const last = await fetchStats(http);
       assert.ok(after !== null,

@@ -7,6 +7,7 @@ import { Command, Option } from 'commander';
 import type { Ctx } from '../main.js';
 import { swapOff, swapOffState, swapOn } from '../../swap/attach.js';
 import { DEFAULT_SOCKET, DEFAULT_STATE_DIR, listStates } from '../../swap/state.js';
+import { DEFAULT_HTTP } from './serve.js';
 import { swapStatus, type SwapStatusEntry } from '../../swap/status.js';
 import { SwapError } from '../../swap/system.js';
 
@@ -78,7 +79,7 @@ export function registerSwap(program: Command, ctx: Ctx): void {
 
   common(swap.command('on'))
     .description('attach the export as swap: mkswap + swapon --discard at high priority')
-    .option('--http <addr:port>', 'server HTTP endpoint, remembered for `swap status`')
+    .option('--http <addr:port>', 'server HTTP endpoint, remembered for `swap status`', DEFAULT_HTTP)
     .option('--priority <n>', 'swap priority, -1..32767 (higher is used first)', '32767')
     .addOption(new Option('--discard <policy>', 'swapon discard policy').choices(['both', 'once', 'pages']).default('both'))
     .addOption(new Option('--method <m>', 'how to get a block device').choices(['auto', 'nbd-client', 'nbdfuse']).default('auto'))
@@ -86,7 +87,7 @@ export function registerSwap(program: Command, ctx: Ctx): void {
     .action(guarded(ctx, async (o: CommonOpts & { http?: string; priority: string; discard: 'both' | 'once' | 'pages'; method: 'auto' | 'nbd-client' | 'nbdfuse'; cgroup?: string }) => {
       if (!/^-?\d+$/.test(o.priority)) throw new SwapError('ERR_INVALID_ARGUMENT', `--priority must be an integer, got "${o.priority}"`);
       const s = await swapOn({
-        socket: o.socket, export: o.export, http: o.http ?? null, priority: Number(o.priority),
+        socket: o.socket, export: o.export, http: o.http ?? DEFAULT_HTTP, priority: Number(o.priority),
         discard: o.discard, method: o.method, cgroup: o.cgroup ?? null, stateDir: o.stateDir,
       });
       process.stdout.write(`zdedup swap on ${s.device} (via ${s.method}, priority ${s.priority}, discard ${s.discard})\n`);
