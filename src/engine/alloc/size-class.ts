@@ -61,7 +61,8 @@ export function buildClassTable(pageSize: number): ClassTable {
       const perArena = Math.floor(arenaUnits / k);
       const tail = bytes - objs * size + ((arenaUnits - perArena * k) * pageSize) / perArena;
       const waste = tail / objs;
-      if (waste < bestWaste - 1e-9) { best = k; bestWaste = waste; bestObjs = objs; }
+      // On a tie (e.g. no waste at all) prefer the longer chain: fewer zspages, less metadata.
+      if (waste <= bestWaste + 1e-9) { best = k; bestWaste = waste; bestObjs = objs; }
     }
     rawSize.push(size); rawChain.push(best); rawObjs.push(bestObjs);
   }

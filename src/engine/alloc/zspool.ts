@@ -1,10 +1,10 @@
 /**
  * ZsPool: a zsmalloc-style allocator for compressed pages, over large arenas.
  *
- *   arena (1 MiB = 256 units of P bytes; one chain length k per arena)
- *   +-----------+-----------+-----------+-- ... --+------+
- *   | zspage 0  | zspage 1  | zspage 2  |         | tail |   each zspage = k contiguous units
- *   +-----------+-----------+-----------+-- ... --+------+
+ *   arena (1 MiB = 256 units of P bytes, shared by zspages of every class)
+ *   +---------------+-----+---------------------+-----+-- ... --+
+ *   | zspage (k=3)  |free | zspage (k=5)        | k=1 |         |   each zspage = k contiguous units
+ *   +---------------+-----+---------------------+-----+-- ... --+
  *   zspage of class 1232 B, k = 5 (20480 B): 16 objects packed back to back; objects span the
  *   unit boundaries inside the zspage; the 768 B tail is the class's waste (see size-class.ts).
  *
@@ -22,16 +22,18 @@
  * - fullness groups per class: 1..4 = in use in (0,25%], (25,50], (50,75], (75,100%),
  *   5 = full. Allocation takes the fullest non-full zspage (keeps sparse ones draining);
  *   compaction empties the sparsest into the fullest.
- * - arenas: one Buffer each (a JS object per arena — 1 MiB — not per page). An arena whose last
- *   zspage is freed is dropped (its memory goes back to the allocator). `totalSize()` is the
- *   bytes of arenas held: zswap's `pool_total_size`.
+ * - arenas: one Buffer each (a JS object per arena — 1 MiB — not per page) and a unit map
+ *   (one byte per unit: free or used). A zspage takes the first run of k free units in the
+ *   fullest arena that has one, so only the last arena is partly empty while the pool grows.
+ *   An arena whose last zspage is freed is dropped (its memory goes back to the allocator).
+ *   `totalSize()` is the bytes of arenas held: zswap's `pool_total_size`.
  *
- * Limits: zspage ids are u32; objects per zspage <= 1024 (u16 index); arenas are allocated one
- * at a time, so a store never holds more than one partially used arena per chain length more
- * than it needs, plus sparse arenas until compact() runs.
+ * Limits: zspage ids are u32; objects per zspage <= 1024 (u16 index). Choosing an arena scans
+ * the partly used arenas (O(arenas) per new zspage, which happens once per objsPerZspage
+ * allocations); after heavy frees many arenas may be partly used until compact() runs.
  */
 import { buildClassTable, classFor, type ClassTable } from './size-class.js';
-import { grow } from './typed.js';
+import { grow, OBJECT_GROWTH } from './typed.js';
 
 /** Object handles are caller ids; `ObjectId` is the page store's object id. */
 export type ObjectId = number & { readonly __brand: 'ObjectId' };
@@ -75,12 +77,14 @@ export class ZsPool {
 
   // ---- arenas (per arena: a JS array entry, not per page) ----
   private arenaBuf: (Buffer | null)[] = [];
-  private arenaChain: number[] = [];
-  private arenaUsed: number[] = [];
-  private arenaFreeSlots: number[][] = [];
+  /** Per arena: one byte per unit, 1 = used by a zspage. */
+  private arenaUnits: (Uint8Array | null)[] = [];
+  private arenaUsed: number[] = []; // units in use
+  private arenaMaxRun: number[] = []; // longest run of free units
   private arenaFreeIds: number[] = [];
-  /** Per chain length: arenas of that chain with a free zspage slot. */
-  private partial: number[][] = [];
+  /** Arenas with at least one free unit, and the flag saying an arena is in that list. */
+  private partial: number[] = [];
+  private arenaInPartial: boolean[] = [];
 
   // ---- statistics ----
   liveArenas = 0;
@@ -97,7 +101,6 @@ export class ZsPool {
     this.maxBytes = maxBytes;
     this.classes = buildClassTable(pageSize);
     this.groupHead = new Int32Array(this.classes.count * GROUPS).fill(-1);
-    for (let k = 0; k <= 8; k++) this.partial.push([]);
   }
 
   /** Bytes of arenas held (pool_total_size). */
@@ -111,15 +114,15 @@ export class ZsPool {
       this.zsSlot, this.zsGroup, this.zsNext, this.zsPrev, this.zsFreeIds, this.groupHead];
     let b = 0;
     for (const a of arrays) b += a.byteLength;
-    // per arena: buffer object, chain, used, free-slot list (estimate 64 B + 8 B per slot)
-    b += this.arenaBuf.length * 64 + this.liveArenas * 8 * (this.classes.arenaUnits);
+    // per arena: unit map, plus ~64 B for the Buffer object and list entries
+    b += this.arenaBuf.length * 64 + this.liveArenas * this.classes.arenaUnits;
     return b;
   }
 
   /** Makes ids [0, n) usable. */
   ensureIds(n: number): void {
     if (n <= this.objZs.length) return;
-    this.objZs = grow(this.objZs, n, NONE);
+    this.objZs = grow(this.objZs, n, NONE, OBJECT_GROWTH);
     this.objIdx = grow(this.objIdx, this.objZs.length);
   }
 
@@ -186,7 +189,7 @@ export class ZsPool {
 
   private objOffset(z: number, idx: number): number {
     const c = this.zsClass[z]!;
-    return this.zsSlot[z]! * this.classes.chain[c]! * this.pageSize + idx * this.classes.size[c]!;
+    return this.zsSlot[z]! * this.pageSize + idx * this.classes.size[c]!;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -225,7 +228,7 @@ export class ZsPool {
 
   private newZspage(c: number): number {
     const k = this.classes.chain[c]!;
-    const arena = this.arenaWithFreeSlot(k);
+    const arena = this.arenaWithRun(k);
     if (arena < 0) return -1;
     let z: number;
     if (this.zsFreeCount > 0) z = this.zsFreeIds[--this.zsFreeCount]!;
@@ -234,9 +237,7 @@ export class ZsPool {
       z = this.zsHigh++;
       if (z >= this.zsClass.length) this.growZspages(z + 1);
     }
-    const slot = this.arenaFreeSlots[arena]!.pop()!;
-    this.arenaUsed[arena]!++;
-    if (this.arenaFreeSlots[arena]!.length === 0) removeValue(this.partial[k]!, arena);
+    const slot = this.takeRun(arena, k);
     this.zsClass[z] = c;
     this.zsInuse[z] = 0;
     this.zsArena[z] = arena;
@@ -265,19 +266,16 @@ export class ZsPool {
   private freeZspage(z: number): void {
     this.unlink(z);
     const a = this.zsArena[z]!;
-    const k = this.arenaChain[a]!;
-    const slots = this.arenaFreeSlots[a]!;
-    if (slots.length === 0) this.partial[k]!.push(a);
-    slots.push(this.zsSlot[z]!);
+    this.giveRun(a, this.zsSlot[z]!, this.classes.chain[this.zsClass[z]!]!);
     this.zsArena[z] = NONE;
     this.zsFreeIds = grow(this.zsFreeIds, this.zsFreeCount + 1);
     this.zsFreeIds[this.zsFreeCount++] = z;
     this.liveZspages--;
-    if (--this.arenaUsed[a]! === 0) this.dropArena(a);
+    if (this.arenaUsed[a] === 0) this.dropArena(a);
   }
 
   private growZspages(n: number): void {
-    this.zsClass = grow(this.zsClass, n);
+    this.zsClass = grow(this.zsClass, n, 0, OBJECT_GROWTH);
     const cap = this.zsClass.length;
     this.zsInuse = grow(this.zsInuse, cap);
     this.zsFree = grow(this.zsFree, cap);
@@ -291,35 +289,69 @@ export class ZsPool {
   // ---------------------------------------------------------------------------------------------
   // Arenas
 
-  private arenaWithFreeSlot(k: number): number {
-    const list = this.partial[k]!;
-    if (list.length > 0) {
-      // Prefer the fullest partial arena, so sparse arenas drain and can be dropped.
-      let best = list[0]!;
-      for (let i = 1; i < list.length; i++) if (this.arenaUsed[list[i]!]! > this.arenaUsed[best]!) best = list[i]!;
-      return best;
+  /** The fullest arena with k free contiguous units (a new arena if none); -1 at the pool limit. */
+  private arenaWithRun(k: number): number {
+    let best = -1;
+    for (const a of this.partial) {
+      if (this.arenaMaxRun[a]! >= k && (best < 0 || this.arenaUsed[a]! > this.arenaUsed[best]!)) best = a;
     }
-    const bytes = this.classes.arenaUnits * this.pageSize;
+    if (best >= 0) return best;
+    const units = this.classes.arenaUnits;
+    const bytes = units * this.pageSize;
     if (this.maxBytes > 0 && this.totalSize() + bytes > this.maxBytes) return -1;
     const a = this.arenaFreeIds.length > 0 ? this.arenaFreeIds.pop()! : this.arenaBuf.length;
     // allocUnsafeSlow: a buffer of its own (not a slice of Node's shared pool), so dropping the
     // arena really releases its memory. Contents are irrelevant until written.
     this.arenaBuf[a] = Buffer.allocUnsafeSlow(bytes);
-    this.arenaChain[a] = k;
+    this.arenaUnits[a] = new Uint8Array(units);
     this.arenaUsed[a] = 0;
-    const n = Math.floor(this.classes.arenaUnits / k);
-    const slots: number[] = [];
-    for (let s = n - 1; s >= 0; s--) slots.push(s);
-    this.arenaFreeSlots[a] = slots;
-    list.push(a);
+    this.arenaMaxRun[a] = units;
+    this.partial.push(a);
+    this.arenaInPartial[a] = true;
     this.liveArenas++;
     return a;
   }
 
+  /** Marks the first run of k free units in arena a as used; returns its first unit. */
+  private takeRun(a: number, k: number): number {
+    const map = this.arenaUnits[a]!;
+    let start = 0;
+    for (let u = 0; u < map.length; u++) {
+      if (map[u] !== 0) { start = u + 1; continue; }
+      if (u - start + 1 === k) break;
+    }
+    map.fill(1, start, start + k);
+    this.arenaUsed[a]! += k;
+    this.updateRun(a);
+    return start;
+  }
+
+  private giveRun(a: number, start: number, k: number): void {
+    this.arenaUnits[a]!.fill(0, start, start + k);
+    this.arenaUsed[a]! -= k;
+    this.updateRun(a);
+  }
+
+  private updateRun(a: number): void {
+    const map = this.arenaUnits[a]!;
+    let best = 0, run = 0;
+    for (let u = 0; u < map.length; u++) {
+      run = map[u] === 0 ? run + 1 : 0;
+      if (run > best) best = run;
+    }
+    this.arenaMaxRun[a] = best;
+    const partly = this.arenaUsed[a]! < map.length;
+    if (partly !== this.arenaInPartial[a]) {
+      this.arenaInPartial[a] = partly;
+      if (partly) this.partial.push(a); else removeValue(this.partial, a);
+    }
+  }
+
   private dropArena(a: number): void {
-    removeValue(this.partial[this.arenaChain[a]!]!, a);
+    removeValue(this.partial, a);
+    this.arenaInPartial[a] = false;
     this.arenaBuf[a] = null;
-    this.arenaFreeSlots[a] = [];
+    this.arenaUnits[a] = null;
     this.arenaFreeIds.push(a);
     this.liveArenas--;
   }
@@ -401,46 +433,59 @@ export class ZsPool {
     }
   }
 
+  /**
+   * Empties the sparsest arenas by moving their zspages (k contiguous units each) into runs of
+   * free units in fuller arenas, while the other partly used arenas have room for them.
+   */
   private compactArenas(): number {
     let moved = 0;
-    for (let k = 1; k < this.partial.length; k++) {
-      const list = this.partial[k]!;
-      if (list.length < 2) continue;
-      const slotsPer = Math.floor(this.classes.arenaUnits / k);
-      const bytes = k * this.pageSize;
-      // zspages per arena (only for arenas of this chain)
-      const byArena = new Map<number, number[]>();
-      for (const a of list) byArena.set(a, []);
-      for (let z = 0; z < this.zsHigh; z++) {
-        const a = this.zsArena[z]!;
-        if (a !== NONE && byArena.has(a)) byArena.get(a)!.push(z);
+    const byArena = new Map<number, number[]>(); // per arena, not per page
+    for (let z = 0; z < this.zsHigh; z++) {
+      const a = this.zsArena[z]!;
+      if (a === NONE) continue;
+      let l = byArena.get(a);
+      if (!l) byArena.set(a, (l = []));
+      l.push(z);
+    }
+    const tried = new Set<number>();
+    for (;;) {
+      let src = -1;
+      for (const a of this.partial) if (!tried.has(a) && (src < 0 || this.arenaUsed[a]! < this.arenaUsed[src]!)) src = a;
+      if (src < 0) break;
+      tried.add(src);
+      let room = 0;
+      for (const a of this.partial) if (a !== src) room += this.classes.arenaUnits - this.arenaUsed[a]!;
+      if (room < this.arenaUsed[src]!) break;
+      // Check every zspage finds a run elsewhere before moving any (fragmented free space may not fit).
+      const zs = byArena.get(src) ?? [];
+      const plan: number[] = [];
+      for (const z of zs) {
+        const k = this.classes.chain[this.zsClass[z]!]!;
+        let dst = -1;
+        for (const a of this.partial) if (a !== src && this.arenaMaxRun[a]! >= k && (dst < 0 || this.arenaUsed[a]! > this.arenaUsed[dst]!)) dst = a;
+        if (dst < 0) break;
+        const unit = this.takeRun(dst, k);
+        plan.push(z, dst, unit);
       }
-      for (;;) {
-        if (list.length < 2) break;
-        let src = list[0]!;
-        for (const a of list) if (this.arenaUsed[a]! < this.arenaUsed[src]!) src = a;
-        let room = 0;
-        for (const a of list) if (a !== src) room += slotsPer - this.arenaUsed[a]!;
-        if (room < this.arenaUsed[src]!) break;
-        const zs = byArena.get(src)!;
-        for (const z of zs) {
-          let dst = -1;
-          for (const a of list) if (a !== src && this.arenaFreeSlots[a]!.length > 0 && (dst < 0 || this.arenaUsed[a]! > this.arenaUsed[dst]!)) dst = a;
-          const slot = this.arenaFreeSlots[dst]!.pop()!;
-          const from = this.zsSlot[z]! * bytes;
-          this.arenaBuf[src]!.copy(this.arenaBuf[dst]!, slot * bytes, from, from + bytes);
-          this.arenaFreeSlots[src]!.push(this.zsSlot[z]!);
-          this.arenaUsed[src]!--;
-          this.arenaUsed[dst]!++;
-          this.zsArena[z] = dst;
-          this.zsSlot[z] = slot;
-          byArena.get(dst)!.push(z);
-          if (this.arenaFreeSlots[dst]!.length === 0) removeValue(list, dst);
-          moved++;
-        }
-        byArena.set(src, []);
-        this.dropArena(src);
+      if (plan.length / 3 < zs.length) {
+        for (let i = 0; i < plan.length; i += 3) this.giveRun(plan[i + 1]!, plan[i + 2]!, this.classes.chain[this.zsClass[plan[i]!]!]!);
+        continue;
       }
+      for (let i = 0; i < plan.length; i += 3) {
+        const z = plan[i]!, dst = plan[i + 1]!, unit = plan[i + 2]!;
+        const k = this.classes.chain[this.zsClass[z]!]!;
+        const from = this.zsSlot[z]! * this.pageSize;
+        this.arenaBuf[src]!.copy(this.arenaBuf[dst]!, unit * this.pageSize, from, from + k * this.pageSize);
+        this.giveRun(src, this.zsSlot[z]!, k);
+        this.zsArena[z] = dst;
+        this.zsSlot[z] = unit;
+        let l = byArena.get(dst);
+        if (!l) byArena.set(dst, (l = []));
+        l.push(z);
+        moved++;
+      }
+      byArena.delete(src);
+      if (this.arenaUsed[src] === 0) this.dropArena(src);
     }
     return moved;
   }
