@@ -2,7 +2,8 @@
  * File sources: raw page files, block devices and swap images, read sequentially in batches
  * (batchPages x pageSize bytes per read, into the analyzer's buffer).
  *
- * Every whole page is analysed; bytes after the last whole page are counted as TAIL_BYTES.
+ * Pipes and character devices are read as streams (so a generator can feed pages through a
+ * FIFO). Every whole page is analysed; bytes after the last whole page are counted as TAIL_BYTES.
  * A swap image (signature "SWAPSPACE2" or "SWAP-SPACE" in the last 10 bytes of the first 4 KiB)
  * has its first page, the header, skipped (HEADER = 1). The rest of a swap area is taken as is:
  * free slots still hold whatever was swapped there before, and the kernel's map of which slots
@@ -54,11 +55,14 @@ function isSwapHeader(b: Uint8Array, n: number): boolean {
 export function scanFile(an: Analyzer, path: string, onProgress?: (bytes: number) => void): FileScan {
   const res: FileScan = { status: 'ok', error: null, kind: 'file', size: 0 };
   let fd: number;
+  let stream = false;
   try {
     fd = openSync(path, 'r');
     const st = fstatSync(fd);
     if (st.isDirectory()) { closeSync(fd); throw Object.assign(new Error('is a directory'), { code: 'EISDIR' }); }
     if (st.isBlockDevice()) res.kind = 'block_device';
+    // Pipes and character devices cannot be read at an offset: read them as a stream.
+    stream = st.isFIFO() || st.isCharacterDevice() || st.isSocket();
     res.size = deviceOrFileSize(fd);
   } catch (e) {
     res.status = 'error';
@@ -70,7 +74,7 @@ export function scanFile(an: Analyzer, path: string, onProgress?: (bytes: number
   let pos = 0, fill = 0, first = true, done = 0;
   try {
     for (;;) {
-      const got = readSync(fd, buf, fill, cap - fill, pos);
+      const got = readSync(fd, buf, fill, cap - fill, stream ? null : pos);
       pos += got;
       fill += got;
       if (first && (fill >= 4096 || got === 0)) {

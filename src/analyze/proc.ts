@@ -54,37 +54,50 @@ export interface ProcessScan {
 const SPECIAL = /^\[(vvar|vvar_vclock|vdso|vsyscall|uprobes|vectors|sigpage)\]$/;
 const KPF_ZERO_PAGE = 24;
 
-/** Physical frames already counted, as a growable bitmap (1 bit per PFN). */
+/**
+ * Physical frames already counted, as a growable bitmap (1 bit per PFN), and a second bitmap of
+ * frames known to be the kernel's zero page (the 4 KiB one, and each subpage of the huge one).
+ */
 export class FrameSet {
   private bits = new Uint8Array(1 << 16);
+  private zero = new Uint8Array(1 << 16);
   private kpf = -1;
   private readonly flag = new Uint8Array(8);
   constructor() {
     try { this.kpf = openSync('/proc/kpageflags', 'r'); } catch { this.kpf = -1; }
   }
-  /** True when pfn was already added; adds it otherwise. */
-  testAndSet(pfn: number): boolean {
+
+  /**
+   * Classifies a frame that is not exclusively mapped: ZERO_PAGE_MAPPING, SHARED_FRAME (already
+   * counted), or -1 (first time: count it). The kernel zero page is recognised by KPF_ZERO_PAGE
+   * in /proc/kpageflags, read once per frame.
+   */
+  classify(pfn: number): number {
     const byte = Math.floor(pfn / 8), bit = 1 << (pfn & 7);
-    if (byte >= this.bits.length) {
-      let n = this.bits.length;
-      while (n <= byte) n *= 2;
-      const b = new Uint8Array(n);
-      b.set(this.bits);
-      this.bits = b;
-    }
-    const had = (this.bits[byte]! & bit) !== 0;
+    if (byte >= this.bits.length) this.grow(byte);
+    if (this.zero[byte]! & bit) return S.ZERO_PAGE_MAPPING;
+    if (this.bits[byte]! & bit) return S.SHARED_FRAME;
     this.bits[byte]! |= bit;
-    return had;
+    if (this.isZeroPage(pfn)) { this.zero[byte]! |= bit; return S.ZERO_PAGE_MAPPING; }
+    return -1;
   }
-  /** True when the frame is the kernel's (huge) zero page; false when unknown. */
-  isZeroPage(pfn: number): boolean {
+
+  private grow(byte: number): void {
+    let n = this.bits.length;
+    while (n <= byte) n *= 2;
+    const b = new Uint8Array(n), z = new Uint8Array(n);
+    b.set(this.bits); z.set(this.zero);
+    this.bits = b; this.zero = z;
+  }
+
+  private isZeroPage(pfn: number): boolean {
     if (this.kpf < 0) return false;
     try {
       if (readSync(this.kpf, this.flag, 0, 8, pfn * 8) !== 8) return false;
     } catch { return false; }
-    const byteIdx = KPF_ZERO_PAGE >> 3;
-    return (this.flag[byteIdx]! & (1 << (KPF_ZERO_PAGE & 7))) !== 0;
+    return (this.flag[KPF_ZERO_PAGE >> 3]! & (1 << (KPF_ZERO_PAGE & 7))) !== 0;
   }
+
   close(): void { if (this.kpf >= 0) closeSync(this.kpf); this.kpf = -1; }
 }
 
@@ -110,7 +123,12 @@ function errorOf(e: unknown, what: string): SourceError {
   const code = (e as NodeJS.ErrnoException)?.code ?? 'EIO';
   if (code === 'ENOENT' || code === 'ESRCH') return { code: 'ESRCH', message: `process vanished (${what})` };
   if (code === 'EACCES' || code === 'EPERM') {
-    return { code: 'EACCES', message: `permission denied reading ${what}: run as root (or with CAP_SYS_PTRACE and CAP_SYS_ADMIN)` };
+    return {
+      code: 'EACCES',
+      message: isRoot()
+        ? `permission denied reading ${what}, even as root (another user namespace, or an LSM/Yama policy)`
+        : `permission denied reading ${what}: run as root (or with CAP_SYS_PTRACE and CAP_SYS_ADMIN)`,
+    };
   }
   return { code, message: `${what}: ${(e as Error)?.message ?? String(e)}` };
 }
@@ -254,8 +272,8 @@ function scanMappings(an: Analyzer, pid: number, memFd: number, pmFd: number, re
         if (frames !== null && (hi & 0x01000000) === 0) {  // not exclusively mapped
           const pfn = lo + (hi & 0x7fffff) * 4294967296;
           if (pfn !== 0) {
-            if (frames.testAndSet(pfn)) { an.count(S.SHARED_FRAME, 1); continue; }
-            if (frames.isZeroPage(pfn)) { an.count(S.ZERO_PAGE_MAPPING, 1); continue; }
+            const skip = frames.classify(pfn);
+            if (skip >= 0) { an.count(skip, 1); continue; }
           }
         }
         wanted[j] = 1;

@@ -98,7 +98,7 @@ export function analyze(o: AnalyzeOptions): Report {
       });
       before += an.sourceStats[i]![0]! * P;
       sources.push({
-        kind: 'process', name: `${pid} ${r.comm || '?'}`, pid, path: null, comm: r.comm, cmdline: r.cmdline,
+        kind: 'process', name: `${pid} ${r.comm || '(gone)'}`, pid, path: null, comm: r.comm, cmdline: r.cmdline,
         status: r.status, error: r.error,
         ...(o.perMapping ? { mappingStats: r.mappings } : {}),
       });
