@@ -6,9 +6,11 @@
  *     SAME | w     same-filled page: word w of the WordTable (w = 0 is the zero word)
  *     id + 1       object id in the pool, shared by every slot with the same content
  *
- *   object columns (per id): refs u32, len u16|u32, fingerprint lo/hi u32 (KeyColumns),
- *   and the pool's handle cells (zspage u32, index u16).
- *   FingerprintIndex per dedup domain: fingerprint -> ids (4 B/cell, load <= 0.7).
+ *   object columns (per id): refs u8 (255 = "see the overflow table"), len u16|u32,
+ *   fingerprint lo/hi u32 (KeyColumns), and the pool's handle (u32): 15 B per object at 4 KiB
+ *   pages, plus the index cells. Objects shared by more than 254 slots keep their count in a
+ *   small Map (one entry per such object, never per page).
+ *   FingerprintIndex per dedup domain: fingerprint -> ids (4 B/cell, load <= 0.8).
  *
  * Store: same-filled? -> keep the word. Else fingerprint (XXH3-64); for each id in the domain's
  * index with that fingerprint, confirm by comparing bytes (decompressing into scratch) — only a
@@ -28,7 +30,7 @@
  * Validation happens once at the public methods; private helpers trust their arguments.
  */
 import { ZsPool, type CompactResult, type ObjectId } from '../engine/alloc/zspool.js';
-import { grow } from '../engine/alloc/typed.js';
+import { grow, OBJECT_GROWTH } from '../engine/alloc/typed.js';
 import { parseCodec, type Codec } from '../engine/codec/codec.js';
 import { fillWord, isSameFilled, wordHi, wordLo } from '../engine/codec/same-filled.js';
 import { Fingerprinter, type FingerprintFn, xxh3Fingerprint } from '../engine/dedup/fingerprint.js';
@@ -64,6 +66,7 @@ export interface PageStoreOptions {
 }
 
 const SAME = 0x80000000;
+const REFS_BIG = 255;
 const MAX_AREA_PAGES = 2 ** 31;
 
 /** Same-filled words: a tiny refcounted table; word 0 is the zero word and is never freed. */
@@ -115,9 +118,10 @@ export class PageStore {
 
   private readonly pool: ZsPool;
   private readonly keys = new KeyColumns();
-  private refs = new Uint32Array(0);
+  private refs = new Uint8Array(0);
+  private readonly bigRefs = new Map<number, number>(); // refs of objects with >= REFS_BIG slots
   private lens: Uint16Array | Uint32Array;
-  private nextFreeId = -1; // free ids chained through refs (refs of a free id = next free + 1)
+  private nextFreeId = -1; // free ids chained through keys.lo (a free id's key = next free + 1)
   private highId = 0;
   private readonly words = new WordTable();
   private readonly fp: Fingerprinter;
@@ -320,7 +324,8 @@ export class PageStore {
 
   /** Bytes of metadata: slot maps, object columns, indexes, word table, pool bookkeeping. */
   metadataBytes(): number {
-    let b = this.keys.bytes() + this.refs.byteLength + this.lens.byteLength + this.words.bytes() + this.pool.metadataBytes();
+    let b = this.keys.bytes() + this.refs.byteLength + this.lens.byteLength + this.words.bytes() + this.pool.metadataBytes() +
+      this.bigRefs.size * 40; // ~40 B per Map entry, one per object shared by >= 255 slots
     for (const m of this.slotMaps) if (m) b += m.byteLength;
     for (const ix of this.domainIndex) b += ix.bytes();
     return b;
@@ -355,7 +360,7 @@ export class PageStore {
       if (this.verify && !this.sameContent(id, page)) { c.verify_mismatch++; continue; }
       c.dedup_hits++;
       if (old === id + 1) return 'stored'; // same content rewritten in place
-      this.refs[id]!++;
+      this.incRef(id);
       this.release(area, old);
       slots[offset] = id + 1;
       this.count(old, 1);
@@ -456,7 +461,7 @@ export class PageStore {
       return;
     }
     const id = v - 1;
-    if (--this.refs[id]! > 0) return;
+    if (this.decRef(id) > 0) return;
     this.domainIndex[this.sharedDedup ? 0 : area]!.remove(id);
     this.pool.free(id as ObjectId);
     const len = this.lens[id]!;
@@ -471,15 +476,36 @@ export class PageStore {
     this.c.stored_pages += now - (old !== 0 ? 1 : 0);
   }
 
+  private incRef(id: number): void {
+    const r = this.refs[id]!;
+    if (r < REFS_BIG - 1) this.refs[id] = r + 1;
+    else if (r === REFS_BIG - 1) { this.refs[id] = REFS_BIG; this.bigRefs.set(id, REFS_BIG); }
+    else this.bigRefs.set(id, this.bigRefs.get(id)! + 1);
+  }
+
+  /** Drops one reference; returns the references left. */
+  private decRef(id: number): number {
+    const r = this.refs[id]!;
+    if (r < REFS_BIG) { this.refs[id] = r - 1; return r - 1; }
+    const n = this.bigRefs.get(id)! - 1;
+    if (n < REFS_BIG) { this.bigRefs.delete(id); this.refs[id] = n; } else this.bigRefs.set(id, n);
+    return n;
+  }
+
+  private refCount(id: number): number {
+    const r = this.refs[id]!;
+    return r < REFS_BIG ? r : this.bigRefs.get(id)!;
+  }
+
   private newId(): ObjectId {
     let id: number;
     if (this.nextFreeId >= 0) {
       id = this.nextFreeId;
-      this.nextFreeId = this.refs[id]! - 1;
+      this.nextFreeId = this.keys.lo[id]! - 1;
     } else {
       id = this.highId++;
       if (id >= this.refs.length) {
-        this.refs = grow(this.refs, id + 1);
+        this.refs = grow(this.refs, id + 1, 0, OBJECT_GROWTH);
         const cap = this.refs.length;
         this.lens = grow(this.lens, cap);
         this.keys.ensure(cap);
@@ -490,7 +516,8 @@ export class PageStore {
   }
 
   private freeId(id: number): void {
-    this.refs[id] = this.nextFreeId + 1;
+    this.refs[id] = 0;
+    this.keys.lo[id] = this.nextFreeId + 1;
     this.nextFreeId = id;
   }
 
@@ -550,7 +577,7 @@ export class PageStore {
     if (zero !== this.c.zero_pages) throw new Error(`zero_pages ${this.c.zero_pages} != ${zero}`);
     if (refsSeen.size !== this.c.unique_objects) throw new Error(`unique_objects ${this.c.unique_objects} != ${refsSeen.size}`);
     for (const [id, n] of refsSeen) {
-      if (this.refs[id] !== n) throw new Error(`object ${id}: refs ${this.refs[id]} != ${n} slots`);
+      if (this.refCount(id) !== n) throw new Error(`object ${id}: refs ${this.refCount(id)} != ${n} slots`);
       if (!this.pool.isAllocated(id)) throw new Error(`object ${id} referenced but not allocated`);
     }
   }

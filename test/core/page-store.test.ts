@@ -149,3 +149,22 @@ test('bad input: typed errors with stable codes and no state change', () => {
   store.load(a, 0, into);
   assert.ok(into.equals(makePage('text', 1)), 'nothing lost');
 });
+
+test('objects shared by more than 255 slots keep exact reference counts', () => {
+  const store = new PageStore();
+  const a = store.createArea('a', 1000);
+  const p = makePage('text', 9);
+  for (let i = 0; i < 1000; i++) store.store(a, i, p);
+  assert.equal(store.stats().unique_objects, 1);
+  assert.equal(store.stats().duplicate_pages, 999);
+  store.checkInvariants();
+  for (let i = 0; i < 999; i++) store.invalidatePage(a, i);
+  store.checkInvariants();
+  assert.equal(store.stats().unique_objects, 1, 'still referenced once');
+  const into = Buffer.alloc(4096);
+  assert.equal(store.load(a, 999, into), 'hit');
+  assert.ok(into.equals(p));
+  store.invalidatePage(a, 999);
+  assert.equal(store.stats().unique_objects, 0);
+  assert.equal(store.stats().pool_total_size, 0);
+});

@@ -9,11 +9,11 @@
  *   unit boundaries inside the zspage; the 768 B tail is the class's waste (see size-class.ts).
  *
  * Data structures (struct of arrays, no object per page or per zspage):
- * - per object id (ids are chosen by the caller, the page store):
- *     objZs  u32  zspage holding the object (NONE = not allocated)
- *     objIdx u16  index of the object inside its zspage
- *   This is the *handle table*: the caller keeps only the id, so moving an object during
- *   compaction updates these two cells and nothing else.
+ * - per object id (ids are chosen by the caller, the page store): one u32 handle
+ *       bits 31..10  zspage id (< 2^22 - 1)
+ *       bits  9..0   index of the object inside its zspage (< 1024 = MAX_OBJS_PER_ZSPAGE)
+ *     0xffffffff = not allocated. This is the *handle table*: the caller keeps only the id, so
+ *     moving an object during compaction updates this one cell and nothing else.
  * - per zspage id: class, objects in use, head of its free-object list, arena and slot in the
  *   arena, fullness group and the links of its group's list.
  * - free objects inside a zspage form a list threaded through the free objects themselves
@@ -28,7 +28,8 @@
  *   An arena whose last zspage is freed is dropped (its memory goes back to the allocator).
  *   `totalSize()` is the bytes of arenas held: zswap's `pool_total_size`.
  *
- * Limits: zspage ids are u32; objects per zspage <= 1024 (u16 index). Choosing an arena scans
+ * Limits: < 2^22 - 1 zspages (each >= 3 units with the 4 KiB class table, so >= 48 GiB of pool;
+ * past that, alloc fails and the store counts reject_alloc_fail); objects per zspage <= 1024. Choosing an arena scans
  * the partly used arenas (O(arenas) per new zspage, which happens once per objsPerZspage
  * allocations); after heavy frees many arenas may be partly used until compact() runs.
  */
@@ -40,6 +41,9 @@ export type ObjectId = number & { readonly __brand: 'ObjectId' };
 export type ZspageId = number & { readonly __brand: 'ZspageId' };
 
 const NONE = 0xffffffff;
+const IDX_BITS = 10;
+const IDX_MASK = (1 << IDX_BITS) - 1;
+const MAX_ZSPAGES = 2 ** (32 - IDX_BITS) - 1; // keeps every valid handle below NONE
 const END = 0xffff;
 const GROUPS = 6; // 0 unused (an empty zspage is freed at once), 1..4 partial, 5 full
 const FULL = 5;
@@ -58,8 +62,7 @@ export class ZsPool {
   maxBytes: number;
 
   // ---- handle table (per object id) ----
-  private objZs = new Uint32Array(0);
-  private objIdx = new Uint16Array(0);
+  private objHandle = new Uint32Array(0);
 
   // ---- zspages (per zspage id) ----
   private zsClass = new Uint16Array(0);
@@ -110,7 +113,7 @@ export class ZsPool {
 
   /** Bytes of typed arrays and per-arena bookkeeping this pool holds. */
   metadataBytes(): number {
-    const arrays = [this.objZs, this.objIdx, this.zsClass, this.zsInuse, this.zsFree, this.zsArena,
+    const arrays = [this.objHandle, this.zsClass, this.zsInuse, this.zsFree, this.zsArena,
       this.zsSlot, this.zsGroup, this.zsNext, this.zsPrev, this.zsFreeIds, this.groupHead];
     let b = 0;
     for (const a of arrays) b += a.byteLength;
@@ -121,14 +124,13 @@ export class ZsPool {
 
   /** Makes ids [0, n) usable. */
   ensureIds(n: number): void {
-    if (n <= this.objZs.length) return;
-    this.objZs = grow(this.objZs, n, NONE, OBJECT_GROWTH);
-    this.objIdx = grow(this.objIdx, this.objZs.length);
+    if (n <= this.objHandle.length) return;
+    this.objHandle = grow(this.objHandle, n, NONE, OBJECT_GROWTH);
   }
 
   /** Size in bytes of the class slot holding `id`. */
   slotSize(id: ObjectId): number {
-    return this.classes.size[this.zsClass[this.objZs[id]!]!]!;
+    return this.classes.size[this.zsClass[this.objHandle[id]! >>> IDX_BITS]!]!;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -156,16 +158,15 @@ export class ZsPool {
     this.zsFree[z] = buf[off]! | (buf[off + 1]! << 8);
     this.zsInuse[z]++;
     this.regroup(z);
-    this.objZs[id] = z;
-    this.objIdx[id] = idx;
+    this.objHandle[id] = ((z << IDX_BITS) | idx) >>> 0;
     return true;
   }
 
   /** Frees object `id`. Frees its zspage when it was the last object, and the arena after it. */
   free(id: ObjectId): void {
-    const z = this.objZs[id]!;
-    const idx = this.objIdx[id]!;
-    this.objZs[id] = NONE;
+    const h = this.objHandle[id]!;
+    const z = h >>> IDX_BITS, idx = h & IDX_MASK;
+    this.objHandle[id] = NONE;
     const buf = this.arenaBuf[this.zsArena[z]!]!;
     const off = this.objOffset(z, idx);
     const next = this.zsFree[z]!;
@@ -178,13 +179,14 @@ export class ZsPool {
 
   /** Sets locBuf/locOff to where object `id` lives. */
   locate(id: ObjectId): void {
-    const z = this.objZs[id]!;
+    const h = this.objHandle[id]!;
+    const z = h >>> IDX_BITS;
     this.locBuf = this.arenaBuf[this.zsArena[z]!]!;
-    this.locOff = this.objOffset(z, this.objIdx[id]!);
+    this.locOff = this.objOffset(z, h & IDX_MASK);
   }
 
   isAllocated(id: number): boolean {
-    return id < this.objZs.length && this.objZs[id] !== NONE;
+    return id < this.objHandle.length && this.objHandle[id] !== NONE;
   }
 
   private objOffset(z: number, idx: number): number {
@@ -233,7 +235,7 @@ export class ZsPool {
     let z: number;
     if (this.zsFreeCount > 0) z = this.zsFreeIds[--this.zsFreeCount]!;
     else {
-      if (this.zsHigh >= NONE) return -1;
+      if (this.zsHigh >= MAX_ZSPAGES) return -1;
       z = this.zsHigh++;
       if (z >= this.zsClass.length) this.growZspages(z + 1);
     }
@@ -363,17 +365,18 @@ export class ZsPool {
    * Moves objects out of sparse zspages into fuller ones of the same class (freeing the emptied
    * zspages), then moves whole zspages out of sparse arenas into fuller arenas of the same chain
    * length (freeing the emptied arenas). Every move copies bytes and updates one handle cell
-   * (objZs/objIdx for an object, zsArena/zsSlot for a zspage); ids held by callers stay valid.
+   * (objHandle for an object, zsArena/zsSlot for a zspage); ids held by callers stay valid.
    */
   compact(): CompactResult {
     const r: CompactResult = { moved_objects: 0, freed_zspages: 0, moved_zspages: 0, freed_arenas: 0 };
     const arenasBefore = this.liveArenas;
     // Reverse map zspage -> its objects, built once (O(ids)); compaction is rare.
     const head = new Int32Array(this.zsHigh).fill(-1);
-    const next = new Int32Array(this.objZs.length);
-    for (let id = 0; id < this.objZs.length; id++) {
-      const z = this.objZs[id]!;
-      if (z === NONE) continue;
+    const next = new Int32Array(this.objHandle.length);
+    for (let id = 0; id < this.objHandle.length; id++) {
+      const h = this.objHandle[id]!;
+      if (h === NONE) continue;
+      const z = h >>> IDX_BITS;
       next[id] = head[z]!;
       head[z] = id;
     }
@@ -408,7 +411,7 @@ export class ZsPool {
       this.link(src, FULL);
       for (let id = head[src]!; id >= 0;) {
         const nid = next[id]!;
-        const srcOff = this.objOffset(src, this.objIdx[id]!);
+        const srcOff = this.objOffset(src, this.objHandle[id]! & IDX_MASK);
         let dst = -1;
         for (let g = FULL - 1; g >= 1 && dst < 0; g--) dst = this.groupHead[base + g]!;
         // dst exists: free slots elsewhere >= objects left in src.
@@ -419,8 +422,7 @@ export class ZsPool {
         srcBuf.copy(dstBuf, dstOff, srcOff, srcOff + size);
         this.zsInuse[dst]++;
         this.regroup(dst);
-        this.objZs[id] = dst;
-        this.objIdx[id] = idx;
+        this.objHandle[id] = ((dst << IDX_BITS) | idx) >>> 0;
         next[id] = head[dst]!;
         head[dst] = id;
         this.zsInuse[src]--;
@@ -496,9 +498,10 @@ export class ZsPool {
   /** Verifies internal invariants; throws on the first violation. */
   checkInvariants(): void {
     const counted = new Uint32Array(this.zsHigh);
-    for (let id = 0; id < this.objZs.length; id++) {
-      const z = this.objZs[id]!;
-      if (z === NONE) continue;
+    for (let id = 0; id < this.objHandle.length; id++) {
+      const h = this.objHandle[id]!;
+      if (h === NONE) continue;
+      const z = h >>> IDX_BITS;
       if (z >= this.zsHigh || this.zsArena[z] === NONE) throw new Error(`object ${id} in dead zspage ${z}`);
       counted[z]!++;
     }
