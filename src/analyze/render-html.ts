@@ -73,7 +73,12 @@ function breakdownChart(sources: SourceReport[]): string {
     parts.push(`<text x="${x + 6}" y="${y + 14}">${fmtBytes(s.bytes)}</text>`);
     y += rowH;
   }
-  const legend = PARTS.map((p, i) => `<rect x="${labelW + i * 110}" y="${y + 8}" width="10" height="10" fill="${p.color}"/><text x="${labelW + i * 110 + 14}" y="${y + 17}">${esc(p.label)}</text>`).join('');
+  let lx = 0;
+  const legend = PARTS.map((p) => {
+    const item = `<rect x="${lx}" y="${y + 8}" width="10" height="10" fill="${p.color}"/><text x="${lx + 14}" y="${y + 17}">${esc(p.label)}</text>`;
+    lx += 24 + p.label.length * 7; // ~7 px per character at 12 px
+    return item;
+  }).join('');
   return `<svg id="chart-sources" xmlns="http://www.w3.org/2000/svg" width="${labelW + barW + 100}" height="${y + 28}" role="img" aria-label="Pages per source by kind">${parts.join('')}${legend}</svg>`;
 }
 
@@ -94,13 +99,13 @@ export function renderHtml(r: Report, maxSources = 30): string {
   ] as const;
   const projRows = TECHNIQUES.map((tq) => `<tr><th>${esc(tq.label)}</th>${codecs.map((c) => {
     const p = t.projections[c]![tq.key]!;
-    return `<td data-field="projections.${esc(c)}.${tq.key}.total_bytes" data-value="${p.total_bytes}">${fmtBytes(p.total_bytes)} <span class="dim">(${p.saved_percent.toFixed(1)}% saved, ${(p.cpu_seconds_per_gib ?? 0).toFixed(3)} s/GiB)</span></td>`;
+    return `<td data-field="projections.${esc(c)}.${tq.key}.total_bytes" data-value="${p.total_bytes}">${fmtBytes(p.total_bytes)}<br><span class="dim">${p.saved_percent.toFixed(1)}% saved · ${(p.cpu_seconds_per_gib ?? 0).toFixed(2)} CPU s/GiB</span></td>`;
   }).join('')}</tr>`).join('');
   const srcRows = shown.map((s) => `<tr data-source="${s.id}"><td>${esc(s.name)}</td><td>${s.kind}</td>${cell('pages', s.pages)}${cell('zero_pages', s.zero_pages)}${cell('same_filled_pages', s.same_filled_pages)}` +
     `${cell('duplicate_pages', s.duplicate_pages)}${cell('duplicate_pages_cross_source', s.duplicate_pages_cross_source)}` +
     `<td>${fmtBytes(s.projections[codecs[0]!]!.zdedup.total_bytes)} (${s.projections[codecs[0]!]!.zdedup.saved_percent.toFixed(1)}%)</td></tr>`).join('');
   const pairRows = r.top_sharing_pairs.map((p) => `<tr><td>${esc(p.a_name)}</td><td>${esc(p.b_name)}</td><td>${p.pages.toLocaleString('en-US')}</td></tr>`).join('');
-  const contentRows = r.top_duplicate_contents.map((c) => `<tr><td>${c.count.toLocaleString('en-US')}</td><td>${esc(c.first_source_name)}</td><td>+${c.preview_offset}</td>` +
+  const contentRows = r.top_duplicate_contents.slice(0, 10).map((c) => `<tr><td>${c.count.toLocaleString('en-US')}</td><td>${esc(c.first_source_name)}</td><td>+${c.preview_offset}</td>` +
     `<td class="mono">${esc(c.preview_hex.replace(/(.{32})/g, '$1\n').replace(/(\S{2})(?=\S)/g, '$1 ').trim())}</td><td class="mono">${esc(c.preview_ascii.replace(/(.{16})/g, '$1\n').trim())}</td></tr>`).join('');
   const errRows = r.sources.filter((s) => s.error).map((s) => `<tr><td>${esc(s.name)}</td><td>${s.status}</td><td>${esc(s.error!.code)}</td><td>${esc(s.error!.message)}</td></tr>`).join('');
   const json = JSON.stringify(r).replace(/</g, '\\u003c');
