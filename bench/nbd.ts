@@ -307,6 +307,9 @@ async function main(): Promise<void> {
   // warm the page cache so every server is fed from RAM, not from the disk on its first run
   for (const c of corpora) execFileSync('cat', [c.path], { stdio: ['ignore', 'ignore', 'ignore'] });
 
+  // other work on the machine skews every figure: record the load so readers can judge
+  const loadavg = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  const loadBefore = loadavg();
   const rows: Row[] = [];
   try {
     for (const c of corpora) {
@@ -322,6 +325,7 @@ async function main(): Promise<void> {
     rmSync(work, { recursive: true, force: true });
   }
 
+  const loadAfter = loadavg();
   const machine = describeMachine(['nbdkit', 'libnbd-bin', 'fio']);
   const tools = { nbdkit: toolVersion('nbdkit'), nbdcopy: toolVersion('nbdcopy'), fio: toolVersion('fio') };
   const g = goals(rows);
@@ -329,7 +333,7 @@ async function main(): Promise<void> {
     `# NBD benchmark: zdedup vs nbdkit memory plugin`,
     '',
     machineMarkdown(machine),
-    `Tools: ${tools.nbdkit}, ${tools.nbdcopy}, ${tools.fio}.`,
+    `Tools: ${tools.nbdkit}, ${tools.nbdcopy}, ${tools.fio}. Load average (1/5/15 min) before: ${loadBefore}, after: ${loadAfter}.`,
     '',
     `Each server gets a fresh export of exactly the corpus size on a unix socket. Write = \`nbdcopy CORPUS URI\`, ` +
     `read = \`nbdcopy URI /dev/shm/out\` then byte-compared; MB = 10^6 bytes. RSS growth = server VmRSS after the write ` +
@@ -349,7 +353,7 @@ async function main(): Promise<void> {
     const dir = join(REPO, 'bench/results');
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, `nbd-${date}.json`), JSON.stringify({
-      bench: 'nbd', machine, tools, params: { corpus_mib: mibN, lat_ios: latIos, baseline: BASELINE },
+      bench: 'nbd', machine, tools, load_before: loadBefore, load_after: loadAfter, params: { corpus_mib: mibN, lat_ios: latIos, baseline: BASELINE },
       corpora: corpora.map(({ name, bytes, sources }) => ({ name, bytes, sources })), results: rows, goals: g,
     }, null, 2) + '\n');
     writeFileSync(join(dir, `nbd-${date}.md`), md);

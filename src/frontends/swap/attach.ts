@@ -239,7 +239,12 @@ async function attachNbdfuse(o: SwapOnOptions, s: SwapState, tools: Record<'nbdf
       s.nbdfuse = { pid: child.pid, mountpoint, file, uri, log };
       s.done.mounted = true;
     }
-    throw new SwapError('ERR_ATTACH_FAILED', `nbdfuse ${uri} did not come up${exited !== null ? ` (exit ${exited})` : ''}: ${readLog(log) || 'no output'}`);
+    const why = readLog(log) || 'no output';
+    if (!s.done.mounted) { // it exited by itself: nothing for teardown to stop, tidy its files here
+      rmSync(log, { force: true });
+      try { rmdirSync(mountpoint); } catch { /* not empty or gone */ }
+    }
+    throw new SwapError('ERR_ATTACH_FAILED', `nbdfuse ${uri} did not come up${exited !== null ? ` (exit ${exited})` : ''}: ${why}`);
   }
   s.nbdfuse = { pid, mountpoint, file, uri, log };
   s.done.mounted = true;
