@@ -35,6 +35,7 @@
  */
 import { buildClassTable, classFor, type ClassTable } from './size-class.js';
 import { grow, OBJECT_GROWTH } from './typed.js';
+import { tuneMallocForArenas } from '../codec/native.js';
 
 /** Object handles are caller ids; `ObjectId` is the page store's object id. */
 export type ObjectId = number & { readonly __brand: 'ObjectId' };
@@ -104,6 +105,7 @@ export class ZsPool {
     this.maxBytes = maxBytes;
     this.classes = buildClassTable(pageSize);
     this.groupHead = new Int32Array(this.classes.count * GROUPS).fill(-1);
+    tuneMallocForArenas(); // freed arenas must really leave the process
   }
 
   /** Bytes of arenas held (pool_total_size). */

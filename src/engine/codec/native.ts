@@ -88,3 +88,25 @@ export function nativeXxhash(): XxHash {
   xxhash = { xxh3: h as XxHash['xxh3'] };
   return xxhash;
 }
+
+let mallocTuned = false;
+
+/**
+ * Pins glibc's mmap threshold at 512 KiB, so every 1 MiB pool arena gets its own mmap and goes
+ * back to the OS the moment it is freed. Without this, glibc raises the threshold after the
+ * first freed arena, later arenas land in the heap, and freeing arenas in the middle of the heap
+ * does not lower RSS (measured: 400 arenas, every other one freed: RSS 446 MB without, 247 MB
+ * with). Best effort: a libc without mallopt (musl) is left alone.
+ */
+export function tuneMallocForArenas(): void {
+  if (mallocTuned) return;
+  mallocTuned = true;
+  try {
+    const c = koffi.load('libc.so.6');
+    const mallopt = c.func('int mallopt(int param, int value)');
+    const M_MMAP_THRESHOLD = -3;
+    mallopt(M_MMAP_THRESHOLD, 512 * 1024);
+  } catch {
+    /* not glibc: nothing to tune */
+  }
+}
