@@ -121,7 +121,9 @@ export class NbdServer implements ConnectionHost {
   async close(graceMs = 5000): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    await Promise.all(this.listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    // net.Server.close() calls back only once every connection it accepted has ended: start it
+    // (no new connections from here on), shut the connections down, then wait for both.
+    const listenersClosed = Promise.all(this.listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
     const all = [...this.conns];
     for (const c of all) c.shutdown();
     let timer: NodeJS.Timeout | undefined;
@@ -130,6 +132,7 @@ export class NbdServer implements ConnectionHost {
     clearTimeout(timer);
     for (const c of this.conns) c.destroy();
     await Promise.all(all.map((c) => c.closed));
+    await listenersClosed;
   }
 
   // ---- /stats -------------------------------------------------------------------------------
