@@ -14,6 +14,8 @@ import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs'
 import { Analyzer, S } from './analyzer.js';
 import type { SourceError } from './proc.js';
 
+const PAUSE = new Int32Array(new SharedArrayBuffer(4));
+
 export type FileKind = 'file' | 'block_device' | 'swap_image';
 
 export interface FileScan {
@@ -56,10 +58,13 @@ export function scanFile(an: Analyzer, path: string, onProgress?: (bytes: number
   const res: FileScan = { status: 'ok', error: null, kind: 'file', size: 0 };
   let fd: number;
   let stream = false;
+  // "-" and /dev/stdin read the inherited fd 0 (which may be a socket: Node spawns children with
+  // socketpairs, and a socket cannot be reopened through /proc/self/fd).
+  const stdin = path === '-' || path === '/dev/stdin';
   try {
-    fd = openSync(path, 'r');
+    fd = stdin ? 0 : openSync(path, 'r');
     const st = fstatSync(fd);
-    if (st.isDirectory()) { closeSync(fd); throw Object.assign(new Error('is a directory'), { code: 'EISDIR' }); }
+    if (st.isDirectory()) { if (!stdin) closeSync(fd); throw Object.assign(new Error('is a directory'), { code: 'EISDIR' }); }
     if (st.isBlockDevice()) res.kind = 'block_device';
     // Pipes and character devices cannot be read at an offset: read them as a stream.
     stream = st.isFIFO() || st.isCharacterDevice() || st.isSocket();
@@ -74,7 +79,14 @@ export function scanFile(an: Analyzer, path: string, onProgress?: (bytes: number
   let pos = 0, fill = 0, first = true, done = 0;
   try {
     for (;;) {
-      const got = readSync(fd, buf, fill, cap - fill, stream ? null : pos);
+      let got: number;
+      try {
+        got = readSync(fd, buf, fill, cap - fill, stream ? null : pos);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+        Atomics.wait(PAUSE, 0, 0, 2); // a non-blocking stream with nothing yet: wait 2 ms
+        continue;
+      }
       pos += got;
       fill += got;
       if (first && (fill >= 4096 || got === 0)) {
@@ -102,7 +114,7 @@ export function scanFile(an: Analyzer, path: string, onProgress?: (bytes: number
     const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
     res.error = { code, message: `${path}: read failed at byte ${pos}: ${(e as Error).message}` };
   } finally {
-    closeSync(fd);
+    if (!stdin) closeSync(fd);
   }
   an.count(S.TAIL_BYTES, fill);
   return res;
