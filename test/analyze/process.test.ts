@@ -125,3 +125,29 @@ test('a vanished pid is reported per source and the scan goes on', { skip }, asy
     await f.stop();
   }
 });
+
+test('--cgroup scans the processes of a cgroup and of its descendants', { skip }, async (t) => {
+  const { existsSync, mkdirSync, rmdirSync, writeFileSync } = await import('node:fs');
+  // cgroup v2 (unified at /sys/fs/cgroup or /sys/fs/cgroup/unified) or the v1 pids hierarchy
+  const bases = ['/sys/fs/cgroup/pids', '/sys/fs/cgroup/unified', '/sys/fs/cgroup'].filter((b) => existsSync(`${b}/cgroup.procs`));
+  const name = `zdedup-analyze-test-${process.pid}`;
+  let base: string | undefined;
+  for (const b of bases) {
+    try { mkdirSync(`${b}/${name}/inner`, { recursive: true }); base = b; break; } catch { /* read-only or not delegated */ }
+  }
+  if (!base) { t.skip('no writable cgroup hierarchy to create a test cgroup in'); return; }
+  const f = await startFixture({ zero: 3, same: 0, distinct: 2, copies: 2, random: 0, readonly: 0, seed: 5 });
+  try {
+    writeFileSync(`${base}/${name}/inner/cgroup.procs`, String(f.pid));
+    const rel = `${base.replace(/^\/sys\/fs\/cgroup\/?/, '')}/${name}`.replace(/^\//, '');
+    const { code, report } = runAnalyze(['--cgroup', rel, '--json', '--zstd-levels', '']);
+    assert.equal(code, 0);
+    assert.ok(report);
+    assert.deepEqual(report.sources.map((s) => s.pid), [f.pid]);
+    assert.ok(report.totals.zero_pages >= 3);
+    assert.ok(report.totals.duplicate_pages >= 2);
+  } finally {
+    await f.stop();
+    try { rmdirSync(`${base}/${name}/inner`); rmdirSync(`${base}/${name}`); } catch { /* left for the system to clean */ }
+  }
+});
