@@ -74,9 +74,11 @@ const ENV: Record<keyof RawSettings, string> = {
 const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio']);
 
 const HELP_AFTER = `
-Sizes take K/M/G/T suffixes (binary). Settings may also come from the environment
-(${Object.values(ENV).join(', ')}; ZDEDUP_EXPORTS is comma-separated) or from a JSON --config
-file with the same keys (e.g. {"socket": "...", "codec": "zstd:3", "export": ["vm:20G"]}).
+Sizes take K/M/G/T suffixes (binary). Every setting may also come from the environment,
+ZDEDUP_<FLAG> (ZDEDUP_SOCKET, ZDEDUP_SIZE, ZDEDUP_CODEC, ZDEDUP_HTTP, ZDEDUP_PAGE_SIZE,
+ZDEDUP_MAX_POOL, ZDEDUP_READ_ONLY=1, ...; ZDEDUP_EXPORTS=a:1G,b:2G), or from a JSON file given
+with --config or ZDEDUP_CONFIG, with the same keys:
+  {"socket": "/run/zdedup/zdedup.sock", "codec": "zstd:3", "export": ["swap:8G", "vm:20G"]}
 Precedence: flags > environment > config file > defaults.
 
 Examples:
@@ -100,8 +102,9 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .command('serve')
     .summary('serve the page store over NBD (swap device, VM disk)')
     .description(
-      'Serve a compressed, deduplicating RAM store over NBD (fixed newstyle; structured replies,\n' +
-      'base:allocation, multi-conn). Each export is a separate area of one page store.',
+      'Serve a compressed, deduplicating RAM store over NBD: a swap device for the kernel, a disk for ' +
+      'qemu or any NBD client. Each export is a separate area of one page store. Fixed newstyle NBD ' +
+      'with structured replies, base:allocation and multi-conn (docs/NBD.md).',
     )
     .option('--socket <path>', `unix socket to listen on (default ${DEFAULT_SOCKET}; the directory is created)`)
     .option('--size <size>', `size of the default export "" (default ${DEFAULT_SIZE})`)

@@ -21,7 +21,7 @@ export function registerStats(program: Command, ctx: Ctx): void {
   program
     .command('stats')
     .summary("show a running server's store and NBD statistics")
-    .description("Reads /stats from a running `zdedup serve` and prints the store's ratios and counters,\nthe exports, and the NBD server's counters.")
+    .description("Reads /stats from a running `zdedup serve` and prints the store's ratios and counters, the exports, and the NBD server's counters.")
     .option('--json', 'print the raw /stats JSON document')
     .option('--http <host:port>', `the server's HTTP address (env ZDEDUP_HTTP, default ${DEFAULT_HTTP})`)
     .addHelpText('after', `
