@@ -9,7 +9,7 @@
 import { parseCodec } from '../engine/codec/codec.js';
 import { ZdedupError } from '../core/errors.js';
 import { readFileSync } from 'node:fs';
-import { Analyzer } from './analyzer.js';
+import { Analyzer, S } from './analyzer.js';
 import { scanFile, sizeOf } from './file-source.js';
 import { FrameSet, allPids, cgroupPids, isRoot, kernelPageSize, rssAnonBytes, scanProcess } from './proc.js';
 import { Progress } from './progress.js';
@@ -96,7 +96,7 @@ export function analyze(o: AnalyzeOptions): Report {
         perMapping: o.perMapping, frames,
         onProgress: o.progress ? (b) => bar.update(before + b, i, label) : undefined,
       });
-      before += an.sourceStats[i]![0]! * P;
+      before += an.sourceStats[i]![S.PAGES]! * P;
       sources.push({
         kind: 'process', name: `${pid} ${r.comm || '(gone)'}`, pid, path: null, comm: r.comm, cmdline: r.cmdline,
         status: r.status, error: r.error,
@@ -106,7 +106,7 @@ export function analyze(o: AnalyzeOptions): Report {
     for (const path of o.files) {
       const i = an.beginSource();
       const r = scanFile(an, path, o.progress ? (b) => bar.update(before + b, i, path) : undefined);
-      before += an.sourceStats[i]![0]! * P;
+      before += an.sourceStats[i]![S.PAGES]! * P;
       sources.push({ kind: r.kind, name: path, pid: null, path, comm: null, cmdline: null, status: r.status, error: r.error });
     }
   } finally {
