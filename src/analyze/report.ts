@@ -17,15 +17,10 @@ import { hostname, release } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { Analyzer, C, S, codecBase } from './analyzer.js';
 import { PREVIEW_BYTES } from './tables.js';
+import { SLOT_METADATA_BYTES, OBJECT_METADATA_BYTES } from '../core/page-store.js';
 
-/** Store metadata per page slot: the area's u32 slot map cell (src/core/page-store.ts). */
-export const SLOT_METADATA_BYTES = 4;
-/**
- * Store metadata per stored object (src/core/page-store.ts, engine/dedup/index.ts, zspool.ts):
- * fingerprint lo/hi 8 + refs 4 + len 2 + handle (zspage u32 + index u16) 6 + index cell 4 at
- * load <= 0.7 (~5.7) = ~26 bytes.
- */
-export const OBJECT_METADATA_BYTES = 26;
+// The store's own metadata costs, defined beside the structures they measure.
+export { SLOT_METADATA_BYTES, OBJECT_METADATA_BYTES };
 
 export const FORMAT_VERSION = 1;
 const GIB = 2 ** 30;

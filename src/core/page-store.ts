@@ -65,6 +65,16 @@ export interface PageStoreOptions {
   fingerprint?: FingerprintFn;
 }
 
+/** Metadata per page slot, written or not: the area's u32 slot-map cell. */
+export const SLOT_METADATA_BYTES = 4;
+/**
+ * Metadata per stored object, for projections (zdedup analyze): refs 1 + length 2 +
+ * fingerprint 8 + pool handle 4 = 15 fixed, plus the fingerprint index cell (4 B at load
+ * 0.4..0.8), zspage bookkeeping and the columns' growth slack. 31 is what `npm run bench`
+ * measured on its real-process image (135,679 objects); see bench/results/page-store-*.md.
+ */
+export const OBJECT_METADATA_BYTES = 31;
+
 const SAME = 0x80000000;
 const REFS_BIG = 255;
 const MAX_AREA_PAGES = 2 ** 31;
