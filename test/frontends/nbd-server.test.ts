@@ -110,6 +110,19 @@ describe('NBD server in-process', () => {
     sock.destroy();
   });
 
+  test('a client that half-closes after pipelining requests still gets every reply', async () => {
+    const c = await RawClient.connect(path);
+    await c.handshake('');
+    for (let i = 0; i < 12; i++) c.request(0, 0, BigInt(i), BigInt(i * 1024 * 1024), 1024 * 1024); // 12 MiB of replies
+    c.end(); // FIN right behind the requests
+    for (let i = 0; i < 12; i++) {
+      const r = await c.simpleReply(1024 * 1024);
+      assert.equal(r?.cookie, BigInt(i), `reply ${i} arrived`);
+      assert.equal(r?.error, 0);
+    }
+    assert.equal(await c.closedByServer(), true, 'then the server closes');
+  });
+
   test('backpressure: a client that does not read its replies is no longer read from', async () => {
     const c = await RawClient.connect(path);
     await c.handshake('');

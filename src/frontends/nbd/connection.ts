@@ -93,6 +93,7 @@ export class NbdConnection {
   private payloadScratch: Buffer | undefined;
 
   private blocked = false;
+  private inputEnded = false;
   private pumping = false;
   private shuttingDown = false;
   private logBudget = LOG_BUDGET;
@@ -170,6 +171,7 @@ export class NbdConnection {
     }
     if (this.isClosed()) return;
     if (this.blocked) this.input.pause();
+    else if (this.inputEnded) this.endAfterInput();
     else if (this.shuttingDown && this.state !== State.REQ_PAYLOAD && this.state !== State.REQ_DRAIN) this.finish('server shutdown');
     else this.input.resume();
   }
@@ -441,8 +443,17 @@ export class NbdConnection {
     }
   }
 
+  /**
+   * The client closed its sending side. Requests it sent in full are still answered: if replies
+   * are backed up, the parser finishes after 'drain' (pump() calls endAfterInput()).
+   */
   private onInputEnd(): void {
-    if (this.state === State.CLOSED) return;
+    this.inputEnded = true;
+    if (this.state === State.CLOSED || this.blocked) return;
+    this.pump();
+  }
+
+  private endAfterInput(): void {
     const midUnit = this.queue.length > 0 || this.state === State.REQ_PAYLOAD || this.state === State.REQ_DRAIN ||
       this.state === State.OPT_DATA || this.state === State.OPT_SKIP;
     if (midUnit) {
