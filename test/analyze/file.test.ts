@@ -13,6 +13,7 @@ import { parseCodec } from '../../src/engine/codec/codec.js';
 import { isSameFilled } from '../../src/engine/codec/same-filled.js';
 import { allocatedBytesByLength } from '../../src/analyze/analyzer.js';
 import { runAnalyze } from './fixtures.js';
+import { SLOT_METADATA_BYTES, OBJECT_METADATA_BYTES } from '../../src/core/page-store.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'zdedup-analyze-file-'));
 
@@ -85,7 +86,7 @@ test('page file: exact counts and sizes equal to the codec compressing each page
     assert.equal(pr.compression_same_filled.data_bytes, e.data);
     assert.equal(pr.compression_same_filled.data_bytes + pr.compression_same_filled.allocator_bytes, Math.round(e.alloc));
     assert.equal(pr.zdedup.data_bytes, e.unique);
-    assert.equal(pr.zdedup.metadata_bytes, 4 * pages.length + 26 * (L.distinct + L.random));
+    assert.equal(pr.zdedup.metadata_bytes, SLOT_METADATA_BYTES * pages.length + OBJECT_METADATA_BYTES * (L.distinct + L.random));
     assert.equal(pr.zdedup.total_bytes, pr.zdedup.data_bytes + pr.zdedup.allocator_bytes + pr.zdedup.metadata_bytes);
     assert.equal(pr.zdedup.saved_bytes, pages.length * P - pr.zdedup.total_bytes);
   }

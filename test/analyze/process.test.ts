@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { haveGcc, isRoot, runAnalyze, startFixture, type Fixture } from './fixtures.js';
 import type { MappingReport, Report, SourceReport } from '../../src/analyze/report.js';
+import { SLOT_METADATA_BYTES, OBJECT_METADATA_BYTES } from '../../src/core/page-store.js';
 
 const skip = !isRoot ? 'needs root: /proc/PID/mem of a sibling process and PFNs in pagemap (run the tests as root)'
   : !haveGcc() ? 'needs gcc to build the fixture process (apt-get install gcc)' : false;
@@ -54,7 +55,7 @@ test('exact counts for a process with known zero, same-filled, duplicate, random
     // zdedup stores the region's unique pages only: its data bytes are less than compression's
     const p = m.projections.lz4!;
     assert.ok(p.zdedup.data_bytes < p.compression_same_filled.data_bytes);
-    assert.equal(p.zdedup.metadata_bytes, 4 * m.pages + 26 * (m.unique_pages + m.duplicate_pages_cross_source));
+    assert.equal(p.zdedup.metadata_bytes, SLOT_METADATA_BYTES * m.pages + OBJECT_METADATA_BYTES * (m.unique_pages + m.duplicate_pages_cross_source));
   } finally {
     await f.stop();
   }
