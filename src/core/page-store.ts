@@ -140,6 +140,10 @@ export class PageStore {
 
   private slotMaps: (Uint32Array | undefined)[] = [];
   private domainIndex: FingerprintIndex[] = [];
+  // per-area live counts (one number per area, not per page)
+  private areaStored: number[] = [];
+  private areaSame: number[] = [];
+  private areaZero: number[] = [];
   private names: string[] = [];
   private byName = new Map<string, number>();
 
@@ -183,6 +187,7 @@ export class PageStore {
     if (this.byName.has(name)) throw new ZdedupError('ERR_AREA_EXISTS', `area "${name}" already exists`);
     const id = this.slotMaps.length;
     this.slotMaps.push(new Uint32Array(pages));
+    this.areaStored.push(0); this.areaSame.push(0); this.areaZero.push(0);
     this.names.push(name);
     this.byName.set(name, id);
     if (!this.sharedDedup) this.domainIndex.push(new FingerprintIndex(this.keys));
@@ -206,7 +211,7 @@ export class PageStore {
     return out;
   }
 
-  /** Drops every page of the area and forgets the area. */
+  /** Drops every page of the area and forgets the area (its id is not reused). */
   deleteArea(area: AreaId): void {
     this.invalidateArea(area);
     this.slotMaps[area] = undefined;
@@ -289,6 +294,50 @@ export class PageStore {
     return 2;
   }
 
+  /**
+   * End (exclusive) of the run of slots starting at `offset` that have the same pageKind, looking
+   * no further than `limit`. For BLOCK_STATUS: one tight loop over the slot map instead of a
+   * validated call per page.
+   */
+  kindRunEnd(area: AreaId, offset: number, limit: number): number {
+    const slots = this.slotsOf(area);
+    this.checkIndex(offset, 1, slots.length);
+    if (!Number.isSafeInteger(limit) || limit <= offset) throw new ZdedupError('ERR_INVALID_ARGUMENT', `limit must be an integer > offset, got ${String(limit)}`);
+    const end = Math.min(limit, slots.length);
+    const v0 = slots[offset]!;
+    const k0 = v0 === 0 ? 0 : v0 === SAME ? 1 : 2;
+    let i = offset + 1;
+    if (k0 === 0) while (i < end && slots[i] === 0) i++;
+    else if (k0 === 1) while (i < end && slots[i] === SAME) i++;
+    else while (i < end && slots[i] !== 0 && slots[i] !== SAME) i++;
+    return i;
+  }
+
+  /** Stores the zero page in `count` slots from `offset` (WRITE_ZEROES with NO_HOLE): no data is passed or hashed. */
+  storeZeroRange(area: AreaId, offset: number, count: number): void {
+    const slots = this.slotsOf(area);
+    this.checkIndex(offset, count, slots.length);
+    const c = this.c;
+    for (let i = offset; i < offset + count; i++) {
+      const old = slots[i]!;
+      c.store_calls++;
+      if (old === SAME) continue; // already the zero page
+      this.words.acquire(0, 0);
+      this.release(area, old);
+      slots[i] = SAME;
+      this.count(area, old, 1);
+      c.same_filled_pages++; c.zero_pages++;
+      this.areaSame[area]!++; this.areaZero[area]!++;
+    }
+  }
+
+  /** Live counts of one area: stored (same-filled included), same-filled, zero, and never-written/invalidated pages. */
+  areaStats(area: AreaId): { pages: number; stored_pages: number; same_filled_pages: number; zero_pages: number; hole_pages: number } {
+    const slots = this.slotsOf(area);
+    const stored = this.areaStored[area]!;
+    return { pages: slots.length, stored_pages: stored, same_filled_pages: this.areaSame[area]!, zero_pages: this.areaZero[area]!, hole_pages: slots.length - stored };
+  }
+
   compact(): CompactResult {
     return this.pool.compact();
   }
@@ -356,9 +405,10 @@ export class PageStore {
       const w = this.words.acquire(lo, hi);
       this.release(area, old);
       slots[offset] = SAME | w;
-      this.count(old, 1);
+      this.count(area, old, 1);
       c.same_filled_pages++;
-      if (w === 0) c.zero_pages++;
+      this.areaSame[area]!++;
+      if (w === 0) { c.zero_pages++; this.areaZero[area]!++; }
       return 'stored';
     }
 
@@ -373,7 +423,7 @@ export class PageStore {
       this.incRef(id);
       this.release(area, old);
       slots[offset] = id + 1;
-      this.count(old, 1);
+      this.count(area, old, 1);
       return 'stored';
     }
 
@@ -401,7 +451,7 @@ export class PageStore {
     if (raw) c.stored_incompressible_pages++;
     this.release(area, old);
     slots[offset] = id + 1;
-    this.count(old, 1);
+    this.count(area, old, 1);
     return 'stored';
   }
 
@@ -456,7 +506,7 @@ export class PageStore {
     if (old === 0) return;
     this.release(area, old);
     slots[offset] = 0;
-    this.count(old, 0);
+    this.count(area, old, 0);
     this.c.invalidated_pages++;
   }
 
@@ -467,7 +517,8 @@ export class PageStore {
       const w = v & ~SAME;
       this.words.release(w);
       this.c.same_filled_pages--;
-      if (w === 0) this.c.zero_pages--;
+      this.areaSame[area]!--;
+      if (w === 0) { this.c.zero_pages--; this.areaZero[area]!--; }
       return;
     }
     const id = v - 1;
@@ -482,8 +533,10 @@ export class PageStore {
   }
 
   /** Keeps stored_pages right when a slot goes from `old` to empty (now = 0) or filled (now = 1). */
-  private count(old: number, now: 0 | 1): void {
-    this.c.stored_pages += now - (old !== 0 ? 1 : 0);
+  private count(area: number, old: number, now: 0 | 1): void {
+    const d = now - (old !== 0 ? 1 : 0);
+    this.c.stored_pages += d;
+    this.areaStored[area]! += d;
   }
 
   private incRef(id: number): void {
@@ -572,16 +625,21 @@ export class PageStore {
     this.pool.checkInvariants();
     const refsSeen = new Map<number, number>();
     let stored = 0, same = 0, zero = 0;
-    for (const m of this.slotMaps) {
-      if (!m) continue;
+    this.slotMaps.forEach((m, a) => {
+      if (!m) return;
+      let aStored = 0, aSame = 0, aZero = 0;
       for (let i = 0; i < m.length; i++) {
         const v = m[i]!;
         if (v === 0) continue;
-        stored++;
-        if (v & SAME) { same++; if (v === SAME) zero++; continue; }
+        aStored++;
+        if (v & SAME) { aSame++; if (v === SAME) aZero++; continue; }
         refsSeen.set(v - 1, (refsSeen.get(v - 1) ?? 0) + 1);
       }
-    }
+      if (aStored !== this.areaStored[a] || aSame !== this.areaSame[a] || aZero !== this.areaZero[a]) {
+        throw new Error(`area ${a} counts ${this.areaStored[a]}/${this.areaSame[a]}/${this.areaZero[a]} != ${aStored}/${aSame}/${aZero}`);
+      }
+      stored += aStored; same += aSame; zero += aZero;
+    });
     if (stored !== this.c.stored_pages) throw new Error(`stored_pages ${this.c.stored_pages} != ${stored}`);
     if (same !== this.c.same_filled_pages) throw new Error(`same_filled_pages ${this.c.same_filled_pages} != ${same}`);
     if (zero !== this.c.zero_pages) throw new Error(`zero_pages ${this.c.zero_pages} != ${zero}`);

@@ -16,6 +16,7 @@ type Op =
   | { t: 'load'; area: number; off: number }
   | { t: 'inv'; area: number; off: number }
   | { t: 'invArea'; area: number }
+  | { t: 'zeroRange'; area: number; off: number; n: number }
   | { t: 'compact' };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
@@ -23,6 +24,7 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ t: fc.constant('load' as const), area: fc.nat(1), off: fc.nat(PAGES - 1) }) },
   { weight: 2, arbitrary: fc.record({ t: fc.constant('inv' as const), area: fc.nat(1), off: fc.nat(PAGES - 1) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('invArea' as const), area: fc.nat(1) }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant('zeroRange' as const), area: fc.nat(1), off: fc.nat(PAGES - 1), n: fc.nat(5) }) },
   { weight: 1, arbitrary: fc.constant({ t: 'compact' as const }) },
 );
 
@@ -42,6 +44,25 @@ function check(store: PageStore, areas: AreaId[], model: Map<string, Buffer>[]):
         assert.equal(r, 'hit', `area ${a} page ${off} should hit`);
         assert.ok(into.equals(want), `area ${a} page ${off} content differs`);
       }
+    }
+  }
+  // per-area counts and kind runs against the model
+  for (let a = 0; a < areas.length; a++) {
+    const kind = (off: number): number => {
+      const p = model[a]!.get(String(off));
+      return p === undefined ? 0 : p.every((b) => b === 0) ? 1 : 2;
+    };
+    const as = store.areaStats(areas[a]!);
+    let st = 0, zero = 0;
+    for (let off = 0; off < PAGES; off++) { const k = kind(off); if (k) st++; if (k === 1) zero++; }
+    assert.equal(as.stored_pages, st, `area ${a} stored_pages`);
+    assert.equal(as.zero_pages, zero, `area ${a} zero_pages`);
+    assert.equal(as.hole_pages, PAGES - st);
+    for (let off = 0; off < PAGES; off += 5) {
+      let e = off + 1;
+      while (e < PAGES && kind(e) === kind(off)) e++;
+      assert.equal(store.kindRunEnd(areas[a]!, off, PAGES), e, `area ${a} run from ${off}`);
+      assert.equal(store.pageKind(areas[a]!, off), kind(off));
     }
   }
   const s = store.stats();
@@ -71,6 +92,12 @@ for (const codec of ['lz4', 'zstd:1', 'none']) {
               case 'load': break; // every step checks all loads below
               case 'inv': store.invalidatePage(areas[op.area]!, op.off); model[op.area]!.delete(String(op.off)); break;
               case 'invArea': store.invalidateArea(areas[op.area]!); model[op.area]!.clear(); break;
+              case 'zeroRange': {
+                const n = Math.min(op.n, PAGES - op.off);
+                store.storeZeroRange(areas[op.area]!, op.off, n);
+                for (let i = 0; i < n; i++) model[op.area]!.set(String(op.off + i), Buffer.alloc(4096));
+                break;
+              }
               case 'compact': store.compact(); break;
             }
             check(store, areas, model);

@@ -50,7 +50,6 @@ export class NbdExport {
   readonly area: AreaId;
   /** One page of scratch for read-modify-write of partial pages. */
   private readonly scratch: Uint8Array;
-  private readonly zeroPage: Uint8Array;
 
   constructor(readonly store: PageStore, spec: ExportSpec, pageSize: number, area: AreaId) {
     this.name = spec.name;
@@ -60,7 +59,6 @@ export class NbdExport {
     this.pageSize = pageSize;
     this.area = area;
     this.scratch = new Uint8Array(pageSize);
-    this.zeroPage = new Uint8Array(pageSize);
   }
 
   /** Fills dst (dst.length bytes) with the export's content at `offset`. Throws ERR_DECOMPRESS. */
@@ -136,10 +134,7 @@ export class NbdExport {
     let e = this.zeroBytes(offset, first * ps);
     if (e !== ERRNO.OK) return e;
     if (noHole) {
-      for (let p = first; p < last; p++) {
-        const r = this.store.store(this.area, p, this.zeroPage);
-        if (r !== 'stored') return errnoForStore(r);
-      }
+      this.store.storeZeroRange(this.area, first, last - first); // zero pages cost no allocation
     } else {
       this.store.invalidateRange(this.area, first, last - first);
     }
@@ -161,22 +156,19 @@ export class NbdExport {
     const lastPage = Math.min(Math.floor((reqEnd - 1) / ps), page + Math.max(1, Math.floor(BLOCK_STATUS_MAX_BYTES / ps)) - 1);
     let n = 0;
     let runStart = offset;
-    let runState = this.pageState(page);
-    for (page++; page <= lastPage; page++) {
-      const s = this.pageState(page);
-      if (s === runState) continue;
-      const boundary = page * ps;
-      out[2 * n] = boundary - runStart;
-      out[2 * n + 1] = runState;
+    // kindRunEnd walks the slot map in one loop; each run becomes one extent.
+    while (page <= lastPage) {
+      const state = this.pageState(page);
+      const end = this.store.kindRunEnd(this.area, page, lastPage + 1); // exclusive page
+      const stop = Math.min(end * ps, reqEnd);
+      out[2 * n] = stop - runStart;
+      out[2 * n + 1] = state;
       n++;
-      if (reqOne || n === maxExtents) return n;
-      runStart = boundary;
-      runState = s;
+      if (end > lastPage || reqOne || n === maxExtents) return n;
+      runStart = stop;
+      page = end;
     }
-    // Close the final run at the request's end, or at the scan cap (then the reply covers less).
-    out[2 * n] = Math.min((lastPage + 1) * ps, reqEnd) - runStart;
-    out[2 * n + 1] = runState;
-    return n + 1;
+    return n;
   }
 
   // ---- helpers ------------------------------------------------------------------------------

@@ -31,20 +31,19 @@ export interface NbdServerOptions {
   log: Logger;
 }
 
-/** Per-export facts for /stats. Page counts come from a scan, skipped for exports over SCAN_LIMIT pages. */
+/** Per-export facts for /stats. Page counts are the store's live per-area counters. */
 export interface ExportInfo {
   name: string;
   description: string;
   size: number;
   read_only: boolean;
   pages: number;
-  data_pages?: number;
-  zero_pages?: number;
-  hole_pages?: number;
+  data_pages: number;
+  zero_pages: number;
+  hole_pages: number;
 }
 
 /** Exports larger than this many pages are not scanned for /stats (a scan costs one call per page). */
-const SCAN_LIMIT = 4 * 1024 * 1024;
 
 export class NbdServer implements ConnectionHost {
   readonly counters = new NbdCounters();
@@ -141,19 +140,11 @@ export class NbdServer implements ConnectionHost {
     const store = this.opts.store;
     return this.exports.map((e) => {
       const pages = Math.ceil(e.size / e.pageSize);
-      const info: ExportInfo = { name: e.name, description: e.description, size: e.size, read_only: e.readOnly, pages };
-      if (pages <= SCAN_LIMIT) {
-        let data = 0, zero = 0;
-        for (let p = 0; p < pages; p++) {
-          const k = store.pageKind(e.area, p);
-          if (k === 2) data++;
-          else if (k === 1) zero++;
-        }
-        info.data_pages = data;
-        info.zero_pages = zero;
-        info.hole_pages = pages - data - zero;
-      }
-      return info;
+      const a = store.areaStats(e.area);
+      return {
+        name: e.name, description: e.description, size: e.size, read_only: e.readOnly, pages,
+        data_pages: a.stored_pages - a.zero_pages, zero_pages: a.zero_pages, hole_pages: a.hole_pages,
+      };
     });
   }
 
