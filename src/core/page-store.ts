@@ -342,6 +342,19 @@ export class PageStore {
     return this.pool.compact();
   }
 
+  /**
+   * Compaction policy: compacts when the pool holds more than `minWasteBytes` (default 8 MiB)
+   * and more than `maxWasteFraction` (default 1/8) of its size beyond the compressed bytes it
+   * stores — i.e. when frees have left sparse zspages and arenas. Returns the result, or null when
+   * no compaction was needed. Compaction costs one pass over the object ids plus the copies.
+   */
+  maybeCompact(minWasteBytes = 8 << 20, maxWasteFraction = 1 / 8): CompactResult | null {
+    const pool = this.pool.totalSize();
+    const waste = pool - this.c.compressed_bytes;
+    if (waste < minWasteBytes || waste < pool * maxWasteFraction) return null;
+    return this.pool.compact();
+  }
+
   stats(): PageStoreStats {
     const c = this.c;
     const P = this.pageSize;

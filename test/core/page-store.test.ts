@@ -168,3 +168,19 @@ test('objects shared by more than 255 slots keep exact reference counts', () => 
   assert.equal(store.stats().unique_objects, 0);
   assert.equal(store.stats().pool_total_size, 0);
 });
+
+test('maybeCompact compacts only when frees left enough waste', () => {
+  const store = new PageStore({ codec: 'none' });
+  const a = store.createArea('a', 8192);
+  const p = Buffer.alloc(4096);
+  for (let i = 0; i < 8192; i++) { fillRandom(p, i + 1); store.store(a, i, p); }
+  assert.equal(store.maybeCompact(1 << 20), null, 'a dense pool is left alone');
+  for (let i = 0; i < 8192; i += 2) store.invalidatePage(a, i); // every zspage half empty
+  const before = store.stats().pool_total_size;
+  const r = store.maybeCompact(1 << 20);
+  assert.ok(r && r.moved_objects > 0 && r.freed_arenas > 0);
+  assert.ok(store.stats().pool_total_size < before * 0.6);
+  store.checkInvariants();
+  const into = Buffer.alloc(4096);
+  for (let i = 1; i < 8192; i += 2) { fillRandom(p, i + 1); store.load(a, i, into); assert.ok(into.equals(p)); }
+});

@@ -349,8 +349,18 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     page_size: cfg.pageSize, codec: cfg.codec, shared_dedup: cfg.sharedDedup, max_pool: cfg.maxPool,
     pid: process.pid,
   });
+  // Frees leave sparse zspages behind (swap discards, TRIM); compact when they waste enough.
+  const compactor = setInterval(() => {
+    const t = process.hrtime.bigint();
+    const r = store.maybeCompact();
+    if (r) log.info('compacted', { ...r, ms: Number(process.hrtime.bigint() - t) / 1e6, pool_total_size: store.stats().pool_total_size });
+  }, COMPACT_INTERVAL_MS);
+  compactor.unref();
   const code = await finished;
+  clearInterval(compactor);
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
   return code;
 }
+
+const COMPACT_INTERVAL_MS = 10_000;
