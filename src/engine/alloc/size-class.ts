@@ -81,6 +81,7 @@ export function buildClassTable(pageSize: number): ClassTable {
   }
   // Reverse so class index grows with size.
   const n = size.length;
+  if (n > 256) throw new Error(`${n} size classes: zspages record their class in a u8`);
   const t: ClassTable = {
     pageSize, step, arenaUnits, count: n,
     size: Uint32Array.from(size.reverse()),

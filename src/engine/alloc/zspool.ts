@@ -66,11 +66,11 @@ export class ZsPool {
   private objHandle = new Uint32Array(0);
 
   // ---- zspages (per zspage id) ----
-  private zsClass = new Uint16Array(0);
+  private zsClass = new Uint8Array(0); // < 256 merged classes (112 at 4 KiB pages)
   private zsInuse = new Uint16Array(0);
   private zsFree = new Uint16Array(0);
   private zsArena = new Uint32Array(0);
-  private zsSlot = new Uint16Array(0);
+  private zsSlot = new Uint8Array(0); // first unit in the arena (< 256 units per arena)
   private zsGroup = new Uint8Array(0);
   private zsNext = new Int32Array(0);
   private zsPrev = new Int32Array(0);
