@@ -15,7 +15,16 @@ export type ErrorCode =
   | 'ERR_NATIVE_LIBRARY'   // liblz4/libzstd/libxxhash could not be loaded
   | 'ERR_DECOMPRESS'       // stored object failed to decompress: corruption, never returned as data
   | 'ERR_CORRUPT'          // an internal consistency check failed
-  | 'ERR_IO';              // file or device I/O failed
+  | 'ERR_IO'               // file or device I/O failed
+  // zdedup swap (src/frontends/swap):
+  | 'ERR_NOT_ROOT'         // attaching or detaching swap needs root (swapon, losetup, FUSE mounts)
+  | 'ERR_TOOL_MISSING'     // a required host tool is not installed (message says which package has it)
+  | 'ERR_NO_ATTACH_PATH'   // neither /dev/nbd* nor /dev/fuse + loop are available
+  | 'ERR_ALREADY_ON'       // this socket/export is already attached as swap
+  | 'ERR_NOT_ON'           // `swap off` found no record of this socket/export
+  | 'ERR_ATTACH_FAILED'    // a step of `swap on` failed; the steps done so far were undone
+  | 'ERR_DETACH_FAILED'    // a step of `swap off` failed; the state file is kept so it can be retried
+  | 'ERR_CGROUP';          // the memory cgroup could not be found, created or configured
 
 export class ZdedupError extends Error {
   readonly code: ErrorCode;

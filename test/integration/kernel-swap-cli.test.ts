@@ -28,6 +28,16 @@ function zdedup(args: string[], asNobody = false): { status: number | null; stdo
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+
+/** Why the nbdfuse + loop attach path cannot run here, or null when it can. */
+function attachSkipReason(): string | null {
+  if (!isRoot()) return 'not root';
+  if (!existsSync('/dev/fuse')) return 'no /dev/fuse';
+  if (!existsSync('/dev/loop-control')) return 'no loop';
+  const missing = ['nbdfuse', 'fusermount3', 'losetup', 'mkswap', 'swapon'].find((x) => findTool(x) === null);
+  return missing === undefined ? null : `${missing} not installed`;
+}
+
 test('readProcSwaps parses sizes in KiB and priorities, skipping the header', () => {
   const text = 'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n' +
     '/dev/loop0                              partition\t1048572\t\t4096\t\t32767\n' +
@@ -83,8 +93,7 @@ test('swap on refuses a socket nobody serves; swap off refuses what was never at
 });
 
 test('an attach that fails midway (the socket is not NBD) undoes its steps: no mount, no loop, no state', async (t) => {
-  const why = !isRoot() ? 'not root' : !existsSync('/dev/fuse') ? 'no /dev/fuse' : !existsSync('/dev/loop-control') ? 'no loop'
-    : ['nbdfuse', 'fusermount3', 'losetup', 'mkswap', 'swapon'].find((x) => findTool(x) === null) ?? null;
+  const why = attachSkipReason();
   if (why !== null) {
     t.skip(`needs root, /dev/fuse and loop: ${why}`);
     return;
@@ -111,8 +120,7 @@ test('an attach that fails midway (the socket is not NBD) undoes its steps: no m
 });
 
 test('an attach that fails after the loop device is bound (export too small for mkswap) unbinds, unmounts and stops nbdfuse', async (t) => {
-  const why = !isRoot() ? 'not root' : !existsSync('/dev/fuse') ? 'no /dev/fuse' : !existsSync('/dev/loop-control') ? 'no loop'
-    : ['nbdfuse', 'fusermount3', 'losetup', 'mkswap', 'swapon'].find((x) => findTool(x) === null) ?? null;
+  const why = attachSkipReason();
   if (why !== null) {
     t.skip(`needs root, /dev/fuse and loop: ${why}`);
     return;

@@ -11,24 +11,16 @@
 import { execFile } from 'node:child_process';
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import { ZdedupError, type ErrorCode } from '../../core/errors.js';
 
-/** Stable codes of `zdedup swap` errors (scripts may switch on them). */
-export type SwapErrorCode =
-  | 'ERR_NOT_ROOT'        // attaching or detaching swap needs root (swapon, losetup, FUSE mounts)
-  | 'ERR_TOOL_MISSING'    // a required host tool is not installed (message says which package has it)
-  | 'ERR_NO_ATTACH_PATH'  // neither /dev/nbd* nor /dev/fuse + loop are available
-  | 'ERR_ALREADY_ON'      // this socket/export is already attached as swap
-  | 'ERR_NOT_ON'          // `swap off` found no record of this socket/export
-  | 'ERR_ATTACH_FAILED'   // a step of `swap on` failed; the steps done so far were undone
-  | 'ERR_DETACH_FAILED'   // a step of `swap off` failed; the state file is kept so it can be retried
-  | 'ERR_CGROUP'          // the memory cgroup could not be found, created or configured
-  | 'ERR_INVALID_ARGUMENT';
+/** Stable codes of `zdedup swap` errors (scripts may switch on them); defined with the others in core/errors.ts. */
+export type SwapErrorCode = Extract<ErrorCode, 'ERR_NOT_ROOT' | 'ERR_TOOL_MISSING' | 'ERR_NO_ATTACH_PATH' | 'ERR_ALREADY_ON' |
+  'ERR_NOT_ON' | 'ERR_ATTACH_FAILED' | 'ERR_DETACH_FAILED' | 'ERR_CGROUP' | 'ERR_INVALID_ARGUMENT'>;
 
-export class SwapError extends Error {
-  readonly code: SwapErrorCode;
+/** A ZdedupError raised by `zdedup swap`: only the swap codes. */
+export class SwapError extends ZdedupError {
   constructor(code: SwapErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
+    super(code, message, options);
     this.name = 'SwapError';
   }
 }
