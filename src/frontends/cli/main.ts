@@ -29,7 +29,7 @@ export function buildProgram(ctx: Ctx): Command {
       'Every distinct page content is kept once (fingerprint + byte comparison), compressed\n' +
       '(lz4 or zstd) in a zsmalloc-style allocator; pages of one repeated word cost no allocation.\n\n' +
       'Start here:\n' +
-      '  zdedup serve                       serve a 1 GiB RAM export on /run/zdedup/zdedup.sock\n' +
+      '  zdedup serve                       serve a 1 GiB RAM export on /run/zdedup/zdedup.sock (root)\n' +
       '  zdedup analyze --all               what would dedup + compression save on this machine?\n' +
       '  zdedup bench --file pages.img      measure the store on a raw file of pages',
     )

@@ -12,13 +12,15 @@
  *         ... -> mkswap -> swapon
  *   off:  the reverse, skipping steps that are not recorded
  */
+import { defaultSocketPath } from '../paths.js';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SwapError } from './system.js';
 
 export const DEFAULT_STATE_DIR = '/run/zdedup';
-export const DEFAULT_SOCKET = '/run/zdedup/zdedup.sock';
+/** The server's default socket (the same rule as `zdedup serve`). */
+export const DEFAULT_SOCKET = defaultSocketPath();
 
 export type AttachMethod = 'nbd-client' | 'nbdfuse';
 

@@ -20,9 +20,11 @@ import { StatsHttpServer } from '../../http/server.js';
 import { Logger, isLogLevel, type LogLevel } from '../../log.js';
 import type { ExportSpec } from '../../nbd/export.js';
 import { NbdServer } from '../../nbd/server.js';
+import { defaultSocketPath } from '../../paths.js';
 import { version, type Ctx } from '../main.js';
 
-export const DEFAULT_SOCKET = '/run/zdedup/zdedup.sock';
+/** /run/zdedup/zdedup.sock as root; $XDG_RUNTIME_DIR/zdedup/zdedup.sock (or <tmp>/zdedup-<uid>/) otherwise. */
+export const DEFAULT_SOCKET = defaultSocketPath();
 export const DEFAULT_SIZE = '1G';
 export const DEFAULT_HTTP = '127.0.0.1:10810';
 export const DEFAULT_NBD_PORT = 10809;
@@ -106,7 +108,7 @@ export function registerServe(program: Command, ctx: Ctx): void {
       'qemu or any NBD client. Each export is a separate area of one page store. Fixed newstyle NBD ' +
       'with structured replies, base:allocation and multi-conn (docs/NBD.md).',
     )
-    .option('--socket <path>', `unix socket to listen on (default ${DEFAULT_SOCKET}; the directory is created)`)
+    .option('--socket <path>', `unix socket to listen on (default ${DEFAULT_SOCKET}: /run/zdedup as root, else $XDG_RUNTIME_DIR/zdedup or /tmp/zdedup-UID; the directory is created)`)
     .option('--size <size>', `size of the default export "" (default ${DEFAULT_SIZE})`)
     .option('--export <name:size[:ro]>', 'an export (repeatable); replaces the default export', collect)
     .option('--codec <codec>', 'lz4 | zstd[:LEVEL] | none (default lz4)')
