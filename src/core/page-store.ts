@@ -30,7 +30,7 @@
  * Validation happens once at the public methods; private helpers trust their arguments.
  */
 import { ZsPool, type CompactResult, type ObjectId } from '../engine/alloc/zspool.js';
-import { grow, OBJECT_GROWTH } from '../engine/alloc/typed.js';
+import { grow, growable, OBJECT_GROWTH } from '../engine/alloc/typed.js';
 import { parseCodec, type Codec } from '../engine/codec/codec.js';
 import { fillWord, isSameFilled, wordHi, wordLo } from '../engine/codec/same-filled.js';
 import { Fingerprinter, type FingerprintFn, xxh3Fingerprint } from '../engine/dedup/fingerprint.js';
@@ -128,7 +128,7 @@ export class PageStore {
 
   private readonly pool: ZsPool;
   private readonly keys = new KeyColumns();
-  private refs = new Uint8Array(0);
+  private refs = growable(Uint8Array);
   private readonly bigRefs = new Map<number, number>(); // refs of objects with >= REFS_BIG slots
   private lens: Uint16Array | Uint32Array;
   private nextFreeId = -1; // free ids chained through keys.lo (a free id's key = next free + 1)
@@ -168,7 +168,7 @@ export class PageStore {
     this.fp = new Fingerprinter(opts.fingerprint ?? xxh3Fingerprint());
     this.pool = new ZsPool(ps, opts.maxPoolBytes ?? 0);
     // Lengths up to pageSize: u16 holds them for pages up to 32 KiB; 64 KiB pages need u32.
-    this.lens = ps <= 32768 ? new Uint16Array(0) : new Uint32Array(0);
+    this.lens = ps <= 32768 ? growable(Uint16Array) : growable(Uint32Array);
     this.scratch = Buffer.alloc(ps * 2);
     this.incompressibleCap = ps - ps / 8;
     if (this.sharedDedup) this.domainIndex.push(new FingerprintIndex(this.keys));

@@ -34,7 +34,7 @@
  * allocations); after heavy frees many arenas may be partly used until compact() runs.
  */
 import { buildClassTable, classFor, type ClassTable } from './size-class.js';
-import { grow, OBJECT_GROWTH } from './typed.js';
+import { grow, growable, OBJECT_GROWTH } from './typed.js';
 import { tuneMallocForArenas } from '../codec/native.js';
 
 /** Object handles are caller ids; `ObjectId` is the page store's object id. */
@@ -63,18 +63,18 @@ export class ZsPool {
   maxBytes: number;
 
   // ---- handle table (per object id) ----
-  private objHandle = new Uint32Array(0);
+  private objHandle = growable(Uint32Array);
 
   // ---- zspages (per zspage id) ----
-  private zsClass = new Uint8Array(0); // < 256 merged classes (112 at 4 KiB pages)
-  private zsInuse = new Uint16Array(0);
-  private zsFree = new Uint16Array(0);
-  private zsArena = new Uint32Array(0);
-  private zsSlot = new Uint8Array(0); // first unit in the arena (< 256 units per arena)
-  private zsGroup = new Uint8Array(0);
-  private zsNext = new Int32Array(0);
-  private zsPrev = new Int32Array(0);
-  private zsFreeIds = new Uint32Array(0);
+  private zsClass = growable(Uint8Array); // < 256 merged classes (112 at 4 KiB pages)
+  private zsInuse = growable(Uint16Array);
+  private zsFree = growable(Uint16Array);
+  private zsArena = growable(Uint32Array);
+  private zsSlot = growable(Uint8Array); // first unit in the arena (< 256 units per arena)
+  private zsGroup = growable(Uint8Array);
+  private zsNext = growable(Int32Array);
+  private zsPrev = growable(Int32Array);
+  private zsFreeIds = growable(Uint32Array);
   private zsFreeCount = 0;
   private zsHigh = 0; // ids below this have been used at least once
   private groupHead: Int32Array; // [class * GROUPS + group] -> zspage id or -1

@@ -14,12 +14,12 @@
  * share); lookups enumerate all of them with probeStart()/probeNext() and the caller confirms
  * each candidate by comparing bytes.
  */
-import { grow } from '../alloc/typed.js';
+import { grow, growable } from '../alloc/typed.js';
 
 /** Per-id fingerprint halves, shared by the indexes of one store. */
 export class KeyColumns {
-  lo = new Uint32Array(0);
-  hi = new Uint32Array(0);
+  lo = growable(Uint32Array);
+  hi = growable(Uint32Array);
   ensure(n: number): void {
     if (n <= this.lo.length) return;
     this.lo = grow(this.lo, n);
