@@ -70,10 +70,11 @@ export const SLOT_METADATA_BYTES = 4;
 /**
  * Metadata per stored object, for projections (zdedup analyze): refs 1 + length 2 +
  * fingerprint 8 + pool handle 4 = 15 fixed, plus the fingerprint index cell (4 B at load
- * 0.4..0.8), zspage bookkeeping and the columns' growth slack. 31 is what `npm run bench`
- * measured on its real-process image (135,679 objects); see bench/results/page-store-*.md.
+ * 0.64..0.8), zspage and arena bookkeeping and the columns' growth step. 23 is what `npm run
+ * bench` measured on its real-process image (135,679 objects: (22.9 - 4) x 161,265 / 135,679 ≈ 22.5);
+ * see bench/results/page-store-*.md.
  */
-export const OBJECT_METADATA_BYTES = 31;
+export const OBJECT_METADATA_BYTES = 23;
 
 const SAME = 0x80000000;
 const REFS_BIG = 255;
