@@ -34,7 +34,8 @@ export function sizeOf(path: string): number {
   } catch { return 0; }
 }
 
-function deviceOrFileSize(fd: number): number {
+/** Size of an open regular file or block device in bytes, 0 if unknown (pipes, character devices). */
+export function deviceOrFileSize(fd: number): number {
   const st = fstatSync(fd);
   if (st.isFile()) return st.size;
   if (st.isBlockDevice()) {

@@ -8,12 +8,13 @@
  * 1 MiB chunks into one reused buffer).
  */
 import type { Command } from 'commander';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { PageStore, type PageStoreStats } from '../../../core/page-store.js';
 import { ZdedupError } from '../../../core/errors.js';
 import { parseCodec } from '../../../engine/codec/codec.js';
 import { isSameFilled } from '../../../engine/codec/same-filled.js';
 import { Fingerprinter } from '../../../engine/dedup/fingerprint.js';
+import { deviceOrFileSize } from '../../../analyze/file-source.js';
 import type { Ctx } from '../main.js';
 
 export interface FileBenchResult extends PageStoreStats {
@@ -62,15 +63,15 @@ function readChunk(fd: number, buf: Buffer, pos: number): number {
 
 export function runFileBench(file: string, opts: { codec?: string; pageSize?: number; onProgress?: (done: number, total: number) => void } = {}): FileBenchResult {
   const pageSize = opts.pageSize ?? 4096;
+  const store = new PageStore({ codec: opts.codec ?? 'lz4', pageSize }); // validates codec and page size first
   let fd: number;
   try { fd = openSync(file, 'r'); } catch (e) { throw new ZdedupError('ERR_IO', `cannot open ${file}: ${(e as Error).message}`, { cause: e }); }
   try {
-    const size = fstatSync(fd).size;
+    const size = deviceOrFileSize(fd); // block devices report their size through sysfs
     if (size === 0 || size % pageSize !== 0) {
-      throw new ZdedupError('ERR_PAGE_LENGTH', `${file}: size ${size} is not a non-zero multiple of the page size ${pageSize}`);
+      throw new ZdedupError('ERR_PAGE_LENGTH', `${file}: size ${size} is not a non-zero multiple of the page size ${pageSize} (a regular file or block device is needed)`);
     }
     const pages = size / pageSize;
-    const store = new PageStore({ codec: opts.codec ?? 'lz4', pageSize });
     const area = store.createArea('bench', pages);
     const buf = Buffer.alloc(CHUNK_PAGES * pageSize);
     const out = Buffer.alloc(CHUNK_PAGES * pageSize);
@@ -169,7 +170,7 @@ export function registerBench(program: Command, ctx: Ctx): void {
   program
     .command('bench')
     .description('measure the page store on a raw file of pages: throughput, every stat, and the codec-alone baseline')
-    .requiredOption('--file <path>', 'raw file of pages (size a multiple of the page size)')
+    .requiredOption('--file <path>', 'raw file of pages or a block device (size a multiple of the page size)')
     .option('--codec <codec>', 'lz4 | zstd[:LEVEL] | none', 'lz4')
     .option('--page-size <bytes>', 'page size, a power of two from 4096 to 65536', '4096')
     .option('--json', 'print one JSON object')
