@@ -34,6 +34,8 @@ import { buildProcessImage } from './process-image.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const BASELINE = 'nbdkit-zstd';
+/** The node flags bin/zdedup.js's shebang and the systemd units run the server with. */
+const SERVE_NODE_FLAGS = ['--max-semi-space-size=1'];
 
 interface ServerSpec {
   name: string;
@@ -43,8 +45,8 @@ interface ServerSpec {
 }
 
 const SERVERS: ServerSpec[] = [
-  { name: 'zdedup-lz4', stats: true, argv: (s, n, h) => [process.execPath, [join(REPO, 'bin/zdedup.js'), 'serve', '--socket', s, '--size', String(n), '--codec', 'lz4', '--http', h]] },
-  { name: 'zdedup-zstd', stats: true, argv: (s, n, h) => [process.execPath, [join(REPO, 'bin/zdedup.js'), 'serve', '--socket', s, '--size', String(n), '--codec', 'zstd', '--http', h]] },
+  { name: 'zdedup-lz4', stats: true, argv: (s, n, h) => [process.execPath, [...SERVE_NODE_FLAGS, join(REPO, 'bin/zdedup.js'), 'serve', '--socket', s, '--size', String(n), '--codec', 'lz4', '--http', h]] },
+  { name: 'zdedup-zstd', stats: true, argv: (s, n, h) => [process.execPath, [...SERVE_NODE_FLAGS, join(REPO, 'bin/zdedup.js'), 'serve', '--socket', s, '--size', String(n), '--codec', 'zstd', '--http', h]] },
   { name: 'nbdkit-zstd', stats: false, argv: (s, n) => ['nbdkit', ['-f', '-U', s, 'memory', String(n), 'allocator=zstd']] },
   { name: 'nbdkit-sparse', stats: false, argv: (s, n) => ['nbdkit', ['-f', '-U', s, 'memory', String(n), 'allocator=sparse']] },
 ];
