@@ -1,7 +1,10 @@
 /**
  * The HTTP endpoint of `zdedup serve` (loopback by default):
  *   GET /stats    JSON: { version, pid, uptime_seconds, store: {every PageStore stat},
- *                        exports: [per-export info], nbd: {server counters} }
+ *                        exports: [per-export info], nbd: {server counters},
+ *                        process: {rss_bytes, heap_used_bytes, external_bytes, array_buffers_bytes} }
+ *                 process.rss_bytes beside store.pool_total_size + store.metadata_bytes shows what
+ *                 the runtime itself costs.
  *   GET /metrics  Prometheus text (prom-client): zdedup_<stat> for every store stat,
  *                 zdedup_nbd_<counter> for the server's counters, zdedup_export_* per export,
  *                 plus prom-client's process metrics under zdedup_.
@@ -32,6 +35,7 @@ export interface StatsDocument {
   store: Record<string, number>;
   exports: ReturnType<NbdServer['exportInfo']>;
   nbd: Record<string, unknown>;
+  process: { rss_bytes: number; heap_used_bytes: number; external_bytes: number; array_buffers_bytes: number };
 }
 
 export class StatsHttpServer {
@@ -68,6 +72,7 @@ export class StatsHttpServer {
       store: this.o.store.stats() as unknown as Record<string, number>,
       exports: this.o.nbd.exportInfo(),
       nbd: this.o.nbd.counters.toJSON(),
+      process: processMemory(),
     };
   }
 
@@ -149,4 +154,9 @@ export class StatsHttpServer {
       collect() { for (const e of nbd.exports) this.set({ export: e.name }, e.size); },
     });
   }
+}
+
+function processMemory(): StatsDocument['process'] {
+  const m = process.memoryUsage();
+  return { rss_bytes: m.rss, heap_used_bytes: m.heapUsed, external_bytes: m.external, array_buffers_bytes: m.arrayBuffers };
 }
