@@ -339,15 +339,17 @@ export class PageStore {
     return { pages: slots.length, stored_pages: stored, same_filled_pages: this.areaSame[area]!, zero_pages: this.areaZero[area]!, hole_pages: slots.length - stored };
   }
 
-  compact(): CompactResult {
-    return this.pool.compact();
+  /** One bounded compaction step (at most `budget` objects moved); repeat while it moves something. */
+  compact(budget?: number): CompactResult {
+    return this.pool.compact(budget);
   }
 
   /**
    * Compaction policy: compacts when the pool holds more than `minWasteBytes` (default 8 MiB)
    * and more than `maxWasteFraction` (default 1/8) of its size beyond the compressed bytes it
    * stores — i.e. when frees have left sparse zspages and arenas. Returns the result, or null when
-   * no compaction was needed. Compaction costs one pass over the object ids plus the copies.
+   * no compaction was needed. One call does a bounded step (see ZsPool.compact); callers repeat
+   * while it returns work done.
    */
   maybeCompact(minWasteBytes = 8 << 20, maxWasteFraction = 1 / 8): CompactResult | null {
     const pool = this.pool.totalSize();

@@ -178,7 +178,8 @@ test('maybeCompact compacts only when frees left enough waste', () => {
   for (let i = 0; i < 8192; i += 2) store.invalidatePage(a, i); // every zspage half empty
   const before = store.stats().pool_total_size;
   const r = store.maybeCompact(1 << 20);
-  assert.ok(r && r.moved_objects > 0 && r.freed_arenas > 0);
+  assert.ok(r && r.moved_objects > 0, 'a first step moved objects');
+  for (let x = store.maybeCompact(1 << 20); x && x.moved_objects + x.moved_zspages + x.freed_arenas > 0; x = store.maybeCompact(1 << 20)) { /* further bounded steps */ }
   assert.ok(store.stats().pool_total_size < before * 0.6);
   store.checkInvariants();
   const into = Buffer.alloc(4096);

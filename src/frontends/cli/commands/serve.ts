@@ -351,18 +351,25 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     page_size: cfg.pageSize, codec: cfg.codec, shared_dedup: cfg.sharedDedup, max_pool: cfg.maxPool,
     pid: process.pid,
   });
-  // Frees leave sparse zspages behind (swap discards, TRIM); compact when they waste enough.
-  const compactor = setInterval(() => {
+  // Frees leave sparse zspages behind (swap discards, TRIM); compact when they waste enough, in
+  // bounded steps (tens of ms) spaced so requests keep flowing between them.
+  let compactor: NodeJS.Timeout | undefined;
+  const compactStep = (): void => {
     const t = process.hrtime.bigint();
     const r = store.maybeCompact();
-    if (r) log.info('compacted', { ...r, ms: Number(process.hrtime.bigint() - t) / 1e6, pool_total_size: store.stats().pool_total_size });
-  }, COMPACT_INTERVAL_MS);
+    const worked = r !== null && (r.moved_objects > 0 || r.moved_zspages > 0 || r.freed_arenas > 0);
+    if (worked) log.info('compacted', { ...r, ms: Number(process.hrtime.bigint() - t) / 1e6, pool_total_size: store.stats().pool_total_size });
+    compactor = setTimeout(compactStep, worked ? COMPACT_STEP_GAP_MS : COMPACT_INTERVAL_MS);
+    compactor.unref();
+  };
+  compactor = setTimeout(compactStep, COMPACT_INTERVAL_MS);
   compactor.unref();
   const code = await finished;
-  clearInterval(compactor);
+  clearTimeout(compactor);
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
   return code;
 }
 
-const COMPACT_INTERVAL_MS = 10_000;
+const COMPACT_INTERVAL_MS = 10_000; // how often to check whether compaction is worth it
+const COMPACT_STEP_GAP_MS = 200;     // pause between steps while a compaction is under way
