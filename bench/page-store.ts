@@ -8,7 +8,7 @@
  * Then metadata bytes per page at 4 million pages (all-unique and mixed streams).
  * Results: bench/results/page-store-<date>.{json,md}.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runFileBench, type FileBenchResult } from '../src/frontends/cli/commands/bench.js';
 import { PageStore } from '../src/core/page-store.js';
@@ -75,6 +75,35 @@ function metadataAtScale(pages: number, mix: 'unique' | 'mixed'): Record<string,
   };
 }
 
+/**
+ * Compaction after churn: store `file`, invalidate 2 of every 3 pages at random, then run
+ * bounded compaction steps until one frees nothing. Reports the pool before and after, the
+ * compressed bytes it holds, the number of steps and the longest step (what a request may wait).
+ */
+function compactionAfterChurn(file: string): Record<string, number> {
+  const data = readFileSync(file);
+  const pages = data.length / PAGE;
+  const store = new PageStore({ codec: 'lz4' });
+  const a = store.createArea('c', pages);
+  store.storeBatch(a, 0, data);
+  const rng = new Rng(4242);
+  for (let i = 0; i < pages; i++) if (rng.below(3) !== 0) store.invalidatePage(a, i);
+  const before = store.stats();
+  let steps = 0, maxMs = 0, totalMs = 0;
+  for (;;) {
+    const t = process.hrtime.bigint();
+    const r = store.compact();
+    const ms = Number(process.hrtime.bigint() - t) / 1e6;
+    if (r.moved_objects + r.moved_zspages + r.freed_arenas === 0) break;
+    steps++; maxMs = Math.max(maxMs, ms); totalMs += ms;
+  }
+  const after = store.stats();
+  return {
+    pages, live_pages: after.stored_pages, compressed_bytes: after.compressed_bytes,
+    pool_before: before.pool_total_size, pool_after: after.pool_total_size, steps, max_step_ms: maxMs, total_ms: totalMs,
+  };
+}
+
 function f(n: number, d = 1): string { return n.toFixed(d); }
 
 async function main(): Promise<void> {
@@ -105,6 +134,8 @@ async function main(): Promise<void> {
       });
     }
   }
+  process.stderr.write('bench: compaction after churn\n');
+  const compaction = compactionAfterChurn(corpora[0]!.file);
   process.stderr.write(`bench: metadata at ${META_PAGES} pages\n`);
   const meta = [metadataAtScale(META_PAGES, 'unique'), metadataAtScale(META_PAGES, 'mixed')];
 
@@ -119,13 +150,17 @@ async function main(): Promise<void> {
     'One thread; throughput is the best of ' + RUNS + ' runs; "codec" is the same codec compressing/decompressing each page alone (the no-dedup anchor), measured in the same run.',
     '"held" = pool_total_size + metadata_bytes. "held/codec-alone distinct" = held bytes over the codec-alone bytes of the distinct, non-same-filled pages (allocator + metadata overhead; target <= 1.08).', '',
     ...corpora.filter((c) => c.note).map((c) => `- ${c.name}: ${c.note}`), '',
-    ...lines, '', '## Metadata at scale', '', ...metaLines, ''].join('\n');
+    ...lines, '', '## Metadata at scale', '', ...metaLines, '',
+    '## Compaction after churn', '',
+    `${corpora[0]!.name}, lz4: 2 of every 3 pages invalidated at random, then bounded compaction steps (16 Ki objects each) until one frees nothing.`, '',
+    '| pages | live pages | compressed bytes | pool before | pool after | after/compressed | steps | longest step ms | total ms |', '|---|---|---|---|---|---|---|---|---|',
+    `| ${compaction.pages} | ${compaction.live_pages} | ${compaction.compressed_bytes} | ${compaction.pool_before} | ${compaction.pool_after} | ${f(compaction.pool_after! / compaction.compressed_bytes!, 3)} | ${compaction.steps} | ${f(compaction.max_step_ms!, 1)} | ${f(compaction.total_ms!, 0)} |`, ''].join('\n');
   process.stdout.write(md + '\n');
   const dir = join(process.cwd(), 'bench', 'results');
   mkdirSync(dir, { recursive: true });
   const stamp = new Date().toISOString().slice(0, 10);
   writeFileSync(join(dir, `page-store-${stamp}.md`), md);
-  writeFileSync(join(dir, `page-store-${stamp}.json`), JSON.stringify({ machine, rows, metadata_at_scale: meta }, null, 2) + '\n');
+  writeFileSync(join(dir, `page-store-${stamp}.json`), JSON.stringify({ machine, rows, metadata_at_scale: meta, compaction }, null, 2) + '\n');
 }
 
 main().catch((e) => { process.stderr.write(`bench failed: ${(e as Error).stack}\n`); process.exitCode = 1; });
