@@ -89,6 +89,8 @@ export class ZsPool {
   /** Arenas with at least one free unit, and the flag saying an arena is in that list. */
   private partial: number[] = [];
   private arenaInPartial: boolean[] = [];
+  /** The arena new zspages go to while it has room (-1: choose again). */
+  private fillArena = -1;
 
   // ---- statistics ----
   liveArenas = 0;
@@ -295,11 +297,15 @@ export class ZsPool {
 
   /** The fullest arena with k free contiguous units (a new arena if none); -1 at the pool limit. */
   private arenaWithRun(k: number): number {
+    // Keep filling the arena chosen last while it has room: the scan for the fullest one runs
+    // once per ~256/k new zspages, not for each (O(partly used arenas) per scan).
+    const last = this.fillArena;
+    if (last >= 0 && this.arenaBuf[last] != null && this.arenaMaxRun[last]! >= k) return last;
     let best = -1;
     for (const a of this.partial) {
       if (this.arenaMaxRun[a]! >= k && (best < 0 || this.arenaUsed[a]! > this.arenaUsed[best]!)) best = a;
     }
-    if (best >= 0) return best;
+    if (best >= 0) { this.fillArena = best; return best; }
     const units = this.classes.arenaUnits;
     const bytes = units * this.pageSize;
     if (this.maxBytes > 0 && this.totalSize() + bytes > this.maxBytes) return -1;
@@ -313,6 +319,7 @@ export class ZsPool {
     this.partial.push(a);
     this.arenaInPartial[a] = true;
     this.liveArenas++;
+    this.fillArena = a;
     return a;
   }
 
@@ -352,6 +359,7 @@ export class ZsPool {
   }
 
   private dropArena(a: number): void {
+    if (this.fillArena === a) this.fillArena = -1;
     removeValue(this.partial, a);
     this.arenaInPartial[a] = false;
     this.arenaBuf[a] = null;
