@@ -30,7 +30,7 @@
  * Validation happens once at the public methods; private helpers trust their arguments.
  */
 import { ZsPool, type CompactResult, type ObjectId } from '../engine/alloc/zspool.js';
-import { grow, growable, OBJECT_GROWTH } from '../engine/alloc/typed.js';
+import { grow, growable } from '../engine/alloc/typed.js';
 import { parseCodec, type Codec } from '../engine/codec/codec.js';
 import { fillWord, isSameFilled, wordHi, wordLo } from '../engine/codec/same-filled.js';
 import { Fingerprinter, type FingerprintFn, xxh3Fingerprint } from '../engine/dedup/fingerprint.js';
@@ -584,7 +584,7 @@ export class PageStore {
     } else {
       id = this.highId++;
       if (id >= this.refs.length) {
-        this.refs = grow(this.refs, id + 1, 0, OBJECT_GROWTH);
+        this.refs = grow(this.refs, id + 1);
         const cap = this.refs.length;
         this.lens = grow(this.lens, cap);
         this.keys.ensure(cap);

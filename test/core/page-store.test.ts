@@ -185,3 +185,17 @@ test('maybeCompact compacts only when frees left enough waste', () => {
   const into = Buffer.alloc(4096);
   for (let i = 1; i < 8192; i += 2) { fillRandom(p, i + 1); store.load(a, i, into); assert.ok(into.equals(p)); }
 });
+
+test('deleteArea drops its pages and its name; other areas are untouched', () => {
+  const store = new PageStore();
+  const a = store.createArea('a', 8), b = store.createArea('b', 8);
+  store.store(a, 0, makePage('text', 1)); store.store(b, 0, makePage('text', 2));
+  store.deleteArea(a);
+  assert.equal(code(() => store.area('a')), 'ERR_UNKNOWN_AREA');
+  assert.equal(code(() => store.load(a, 0, Buffer.alloc(4096))), 'ERR_UNKNOWN_AREA');
+  assert.equal(store.stats().unique_objects, 1);
+  const into = Buffer.alloc(4096);
+  assert.equal(store.load(b, 0, into), 'hit');
+  assert.ok(into.equals(makePage('text', 2)));
+  store.checkInvariants();
+});

@@ -15,9 +15,6 @@
 export type UintArray = Uint8Array | Uint16Array | Uint32Array | Int32Array;
 type Ctor<T extends UintArray> = { new (buffer: ArrayBufferLike): T; new (n: number): T; readonly BYTES_PER_ELEMENT: number };
 
-/** Per-object columns of fixed arrays grow by this factor (kept for callers that pass one). */
-export const OBJECT_GROWTH = 1.25;
-
 const FIRST_RESERVATION = 1 << 20;
 const MAX_RESERVATION = 2 ** 32 - 1;
 

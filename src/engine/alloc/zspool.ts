@@ -33,18 +33,18 @@
  * the partly used arenas (O(arenas) per new zspage, which happens once per objsPerZspage
  * allocations); after heavy frees many arenas may be partly used until compact() runs.
  */
-import { buildClassTable, classFor, type ClassTable } from './size-class.js';
-import { grow, growable, OBJECT_GROWTH } from './typed.js';
+import { buildClassTable, classFor, MAX_OBJS_PER_ZSPAGE, type ClassTable } from './size-class.js';
+import { grow, growable } from './typed.js';
 import { tuneMallocForArenas } from '../codec/native.js';
 
 /** Object handles are caller ids; `ObjectId` is the page store's object id. */
 export type ObjectId = number & { readonly __brand: 'ObjectId' };
-export type ZspageId = number & { readonly __brand: 'ZspageId' };
 
 const NONE = 0xffffffff;
 const IDX_BITS = 10;
 const IDX_MASK = (1 << IDX_BITS) - 1;
 const MAX_ZSPAGES = 2 ** (32 - IDX_BITS) - 1; // keeps every valid handle below NONE
+if (MAX_OBJS_PER_ZSPAGE > 1 << IDX_BITS) throw new Error('size classes allow more objects per zspage than a handle can index');
 const END = 0xffff;
 const GROUPS = 6; // 0 unused (an empty zspage is freed at once), 1..4 partial, 5 full
 const FULL = 5;
@@ -129,12 +129,7 @@ export class ZsPool {
   /** Makes ids [0, n) usable. */
   ensureIds(n: number): void {
     if (n <= this.objHandle.length) return;
-    this.objHandle = grow(this.objHandle, n, NONE, OBJECT_GROWTH);
-  }
-
-  /** Size in bytes of the class slot holding `id`. */
-  slotSize(id: ObjectId): number {
-    return this.classes.size[this.zsClass[this.objHandle[id]! >>> IDX_BITS]!]!;
+    this.objHandle = grow(this.objHandle, n, NONE);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -281,7 +276,7 @@ export class ZsPool {
   }
 
   private growZspages(n: number): void {
-    this.zsClass = grow(this.zsClass, n, 0, OBJECT_GROWTH);
+    this.zsClass = grow(this.zsClass, n);
     const cap = this.zsClass.length;
     this.zsInuse = grow(this.zsInuse, cap);
     this.zsFree = grow(this.zsFree, cap);
