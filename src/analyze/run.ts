@@ -7,7 +7,7 @@
  * kernel threads (no user memory) and this process itself (its memory is the scan's own index).
  */
 import { parseCodec } from '../engine/codec/codec.js';
-import { ZdedupError } from '../core/errors.js';
+import { ZdedupError } from '../errors.js';
 import { readFileSync } from 'node:fs';
 import { Analyzer, S } from './analyzer.js';
 import { scanFile, sizeOf } from './file-source.js';

@@ -8,7 +8,7 @@
  *
  * Decompression is strict: the result must be exactly the expected length, otherwise -1.
  */
-import { ZdedupError } from '../../core/errors.js';
+import { ZdedupError } from '../../errors.js';
 import { nativeLz4, nativeZstd } from './native.js';
 
 export type CodecName = 'lz4' | 'zstd' | 'none';

@@ -12,7 +12,7 @@
  * Debian package to install.
  */
 import koffi from 'koffi';
-import { ZdedupError } from '../../core/errors.js';
+import { ZdedupError } from '../../errors.js';
 
 export interface Lz4 {
   /** Returns compressed length, or 0 when it does not fit in `dstCap`. */

@@ -12,7 +12,7 @@
  * BigInts per call (no BigInt allocation per page).
  */
 import koffi from 'koffi';
-import { ZdedupError } from '../../core/errors.js';
+import { ZdedupError } from '../../errors.js';
 
 type Hash128Fn = (p: Uint8Array, len: number) => { a: number; b: number; c: number; d: number };
 
