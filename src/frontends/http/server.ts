@@ -1,31 +1,50 @@
 /**
- * The HTTP endpoint of `zdedup serve` (loopback by default):
+ * The HTTP endpoint of `zdedup serve`: read-only, loopback by default.
+ *
+ *   GET /         the live dashboard (dashboard.ts: self-contained, charts by uPlot, fed by /events)
+ *   GET /events   server-sent events: the /stats document plus time_ms, about once a second (events.ts)
  *   GET /stats    JSON: { version, pid, uptime_seconds, store: {every PageStore stat},
- *                        exports: [per-export info], nbd: {server counters},
+ *                        exports: [per-export info], nbd: {server counters, latency histograms},
  *                        process: {rss_bytes, heap_used_bytes, external_bytes, array_buffers_bytes} }
  *                 process.rss_bytes beside store.pool_total_size + store.metadata_bytes shows what
  *                 the runtime itself costs.
- *   GET /metrics  Prometheus text (prom-client): zdedup_<stat> for every store stat,
- *                 zdedup_nbd_<counter> for the server's counters, zdedup_export_* per export,
- *                 plus prom-client's process metrics under zdedup_.
- * Stats are read when a request arrives (no timers); names are the store's own snake_case names,
- * the same everywhere (STYLE rule 4).
+ *   GET /metrics  Prometheus text by Prometheus conventions (metrics.ts): counters as
+ *                 zdedup_<stat>_total, sizes as _bytes gauges, latency as histograms.
+ *   GET /assets/* the dashboard's script, styles and chart library
+ *
+ * Only GET and HEAD are answered (405 otherwise): nothing here changes the store. Stats are read
+ * when a request arrives, or once a tick while someone watches /events; no timer runs otherwise.
+ *
+ * Who may connect. HTTP here has neither TLS nor authentication, so, like NBD over TCP, a
+ * non-loopback address is an explicit choice: listen() refuses one unless `insecure` is set, and
+ * logs a warning when it is. On loopback, requests whose Host header names anything but a
+ * loopback address are refused (403): a web page elsewhere cannot read the stats through a DNS
+ * name rebound to 127.0.0.1.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { isIP, type AddressInfo } from 'node:net';
+import { ZdedupError } from '../../core/errors.js';
 import type { PageStore } from '../../core/page-store.js';
 import type { Logger } from '../log.js';
 import type { NbdServer } from '../nbd/server.js';
-import { CMD_NAMES } from '../nbd/protocol.js';
+import { loadDashboardAssets, type Asset } from './dashboard.js';
+import { StatsEvents } from './events.js';
+import { StatsMetrics } from './metrics.js';
 
 export interface HttpOptions {
+  /** Address to bind; a non-loopback one needs `insecure`. */
   host: string;
   port: number;
-  store: PageStore;
-  nbd: NbdServer;
+  store: Pick<PageStore, 'stats'>;
+  nbd: Pick<NbdServer, 'exportInfo' | 'counters'>;
   log: Logger;
   version: string;
+  /** Allow a non-loopback `host` (no TLS, no authentication: a trusted network only). Default false. */
+  insecure?: boolean;
+  /** Milliseconds between /events frames. Default 1000. */
+  eventIntervalMs?: number;
+  /** /events subscribers allowed at once. Default 16. */
+  maxEventClients?: number;
 }
 
 export interface StatsDocument {
@@ -38,20 +57,46 @@ export interface StatsDocument {
   process: { rss_bytes: number; heap_used_bytes: number; external_bytes: number; array_buffers_bytes: number };
 }
 
+/** Sent with the dashboard: everything from this server, nothing inline, nothing framed. */
+const PAGE_HEADERS = {
+  'content-security-policy': "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'cache-control': 'no-cache',
+};
+
 export class StatsHttpServer {
   private readonly server: http.Server;
-  private readonly registry = new Registry();
-  private readonly storeGauges = new Map<string, Gauge>();
+  private readonly metrics = new StatsMetrics();
+  private readonly events: StatsEvents;
+  private readonly assets: Map<string, Asset>;
+  private readonly assetsError: string | null;
   private readonly started = Date.now();
+  private loopbackOnly = true;
 
   constructor(private readonly o: HttpOptions) {
-    collectDefaultMetrics({ register: this.registry, prefix: 'zdedup_' });
-    this.defineNbdMetrics();
+    this.events = new StatsEvents({
+      intervalMs: o.eventIntervalMs ?? 1000,
+      maxClients: o.maxEventClients ?? 16,
+      snapshot: () => this.stats(),
+    });
+    const a = loadDashboardAssets();
+    this.assets = a.assets;
+    this.assetsError = a.error;
+    if (a.error !== null) o.log.warn('dashboard unavailable', { cause: a.error });
     this.server = http.createServer((req, res) => { void this.handle(req, res); });
   }
 
   /** Starts listening; returns the bound port (useful with port 0). */
   async listen(): Promise<number> {
+    const loopback = isLoopbackHost(this.o.host);
+    if (!loopback && this.o.insecure !== true) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT',
+        `--http ${this.o.host}:${this.o.port} is not a loopback address; HTTP has no TLS or authentication, ` +
+        'so serving /stats and the dashboard beyond this machine needs --insecure (a trusted network only)');
+    }
+    if (!loopback) this.o.log.warn('HTTP served beyond loopback without TLS or authentication', { host: this.o.host, port: this.o.port });
+    this.loopbackOnly = loopback;
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen({ host: this.o.host, port: this.o.port }, () => { this.server.off('error', reject); resolve(); });
@@ -60,6 +105,7 @@ export class StatsHttpServer {
   }
 
   async close(): Promise<void> {
+    this.events.close();
     await new Promise<void>((r) => { this.server.close(() => r()); this.server.closeAllConnections(); });
   }
 
@@ -76,22 +122,42 @@ export class StatsHttpServer {
     };
   }
 
+  /** /events subscribers now, and frames skipped for slow ones (tests, diagnostics). */
+  eventStats(): { subscribers: number; skipped_frames: number } {
+    return { subscribers: this.events.subscribers, skipped_frames: this.events.skippedFrames };
+  }
+
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
+    const path = (req.url ?? '/').split('?')[0]!;
     try {
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         res.writeHead(405, { allow: 'GET, HEAD' }).end();
+        return;
+      }
+      if (this.loopbackOnly && !isLoopbackHostHeader(req.headers.host)) {
+        res.writeHead(403, { 'content-type': 'text/plain' }).end('forbidden: this server answers to loopback host names only\n');
         return;
       }
       if (path === '/stats') {
         const body = JSON.stringify(this.stats(), null, 2) + '\n';
         res.writeHead(200, { 'content-type': 'application/json' }).end(body);
       } else if (path === '/metrics') {
-        this.updateStoreGauges();
-        const body = await this.registry.metrics();
-        res.writeHead(200, { 'content-type': this.registry.contentType }).end(body);
+        const body = await this.metrics.render(this.stats());
+        res.writeHead(200, { 'content-type': this.metrics.contentType }).end(body);
+      } else if (path === '/events') {
+        if (req.method === 'HEAD') res.writeHead(200, { 'content-type': 'text/event-stream' }).end();
+        else this.events.subscribe(req, res);
+      } else if (path === '/' || path === '/index.html' || path.startsWith('/assets/')) {
+        const a = this.assets.get(path === '/index.html' ? '/' : path);
+        if (a !== undefined) {
+          res.writeHead(200, { 'content-type': a.type, ...PAGE_HEADERS }).end(a.body);
+        } else if (this.assetsError !== null) {
+          res.writeHead(503, { 'content-type': 'text/plain' }).end(`dashboard unavailable: ${this.assetsError}\n`);
+        } else {
+          res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+        }
       } else {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /stats or /metrics\n');
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try / (dashboard), /stats, /metrics or /events\n');
       }
     } catch (e) {
       this.o.log.error('http request failed', { path, cause: e });
@@ -99,61 +165,22 @@ export class StatsHttpServer {
       res.end('internal error\n');
     }
   }
+}
 
-  /** One gauge per store stat, created the first time the stat is seen. */
-  private updateStoreGauges(): void {
-    const s = this.o.store.stats() as unknown as Record<string, unknown>;
-    for (const [k, v] of Object.entries(s)) {
-      if (typeof v !== 'number' || !/^[a-z_][a-z0-9_]*$/.test(k)) continue;
-      let g = this.storeGauges.get(k);
-      if (g === undefined) {
-        g = new Gauge({ name: `zdedup_${k}`, help: `PageStore stat ${k}`, registers: [this.registry] });
-        this.storeGauges.set(k, g);
-      }
-      g.set(v);
-    }
-  }
+/** 127.0.0.0/8, ::1 (also as ::ffff:127.x) and "localhost". */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (h === 'localhost' || h.endsWith('.localhost')) return true;
+  if (isIP(h) === 4) return h.startsWith('127.');
+  if (isIP(h) === 6) return h === '::1' || /^::ffff:127\./.test(h) || h === '0:0:0:0:0:0:0:1';
+  return false;
+}
 
-  private defineNbdMetrics(): void {
-    const nbd = this.o.nbd;
-    const c = nbd.counters;
-    const reg = [this.registry];
-    const scalar = (name: keyof typeof c & string, help: string, kind: 'counter' | 'gauge'): void => {
-      if (kind === 'gauge') {
-        new Gauge({ name: `zdedup_nbd_${name}`, help, registers: reg, collect() { this.set(c[name] as number); } });
-      } else {
-        new Counter({ name: `zdedup_nbd_${name}_total`.replace(/_total_total$/, '_total'), help, registers: reg,
-          collect() { this.reset(); this.inc(c[name] as number); } });
-      }
-    };
-    scalar('connections_accepted', 'NBD connections accepted', 'counter');
-    scalar('connections_active', 'NBD connections open now', 'gauge');
-    scalar('handshakes_completed', 'connections that entered transmission', 'counter');
-    scalar('handshake_aborted', 'connections that ended during the option phase', 'counter');
-    scalar('options_refused', 'options answered with an error reply', 'counter');
-    scalar('protocol_errors', 'hard disconnects for protocol violations', 'counter');
-    scalar('disconnect_mid_request', 'clients gone with a request partly sent', 'counter');
-    scalar('bytes_read', 'payload bytes returned by READ', 'counter');
-    scalar('bytes_written', 'payload bytes accepted by WRITE', 'counter');
-    new Counter({
-      name: 'zdedup_nbd_requests_total', help: 'NBD requests by command', labelNames: ['command'], registers: reg,
-      collect() {
-        this.reset();
-        for (let i = 0; i <= CMD_NAMES.length; i++) this.inc({ command: CMD_NAMES[i] ?? 'unknown' }, c.requests[i]!);
-      },
-    });
-    new Counter({
-      name: 'zdedup_nbd_request_errors_total', help: 'NBD error replies by errno', labelNames: ['errno'], registers: reg,
-      collect() {
-        this.reset();
-        for (const [k, v] of Object.entries(c.errors)) this.inc({ errno: k }, v);
-      },
-    });
-    new Gauge({
-      name: 'zdedup_export_size_bytes', help: 'export size in bytes', labelNames: ['export'], registers: reg,
-      collect() { for (const e of nbd.exports) this.set({ export: e.name }, e.size); },
-    });
-  }
+/** A Host header naming a loopback address (any port); absent (HTTP/1.0) counts as loopback. */
+function isLoopbackHostHeader(host: string | undefined): boolean {
+  if (host === undefined || host === '') return true;
+  const m = /^(\[[^\]]+\]|[^:]+)(?::\d+)?$/.exec(host);
+  return m !== null && isLoopbackHost(m[1]!);
 }
 
 function processMemory(): StatsDocument['process'] {
