@@ -1,48 +1,62 @@
 /**
- * PageStore: the frontswap contract over a compressed, deduplicating pool.
+ * PageStore: the frontswap contract over a compressed, deduplicating store whose objects live in
+ * tiers: the RAM pool (zspool) and, when one is configured, a disk tier of log segments. This file
+ * is the facade — validation at the edge, slot maps, the store and load paths — over the object
+ * table (objects.ts), the pool, the tier interface (src/tiers/tier.ts) and the background policy
+ * (maintenance.ts: writeback, cleaning, compaction).
  *
  *   area slot map (Uint32Array per area, one cell per page slot)
  *     0            never written / invalidated (a hole: loads miss)
  *     SAME | w     same-filled page: word w of the WordTable (w = 0 is the zero word)
- *     id + 1       object id in the pool, shared by every slot with the same content
+ *     id + 1       object id, shared by every slot with the same content
  *
- *   object columns (per id): refs u8 (255 = "see the overflow table"), len u16|u32,
- *   fingerprint lo/hi u32 (KeyColumns), and the pool's handle (u32): 15 B per object at 4 KiB
- *   pages, plus the index cells. Objects shared by more than 254 slots keep their count in a
- *   small Map (one entry per such object, never per page).
- *   FingerprintIndex per dedup domain: fingerprint -> ids (4 B/cell, load <= 0.8).
+ *   object id -> ObjectTable row: refs, length, fingerprint, flags (IN_RAM, IN_TIER, REFERENCED),
+ *                tier location, LRU links; the RAM location is the pool's handle for the id.
  *
  * Store: same-filled? -> keep the word. Else fingerprint (XXH3-64); for each id in the domain's
- * index with that fingerprint, confirm by comparing bytes (decompressing into scratch) — only a
- * confirmed match is shared (`verify`, on by default). Otherwise compress into scratch with
- * capacity 7/8 page (a page that does not save 1/8 is kept raw), allocate in the pool, copy.
+ * index with that fingerprint, confirm by comparing bytes — only a confirmed match is shared
+ * (`verify`). Otherwise compress (a page that does not save 1/8 is kept raw) and place the new
+ * object: in RAM while the pool has room; with a tier, once the pool hit its limit, straight into
+ * the tier until the writer has brought the pool below the accept threshold (zswap's hysteresis).
  * The new reference is taken before the slot's old one is dropped, so rewriting a slot with its
  * own content never frees it. A rejected store leaves the slot as it was.
  *
- * Load: decompress straight into the caller's buffer and check the XXH3 of the result against
- * the object's fingerprint (`checkLoads`, on by default): a corrupt object is ERR_DECOMPRESS,
- * never wrong data.
+ * Load: RAM (or a tier write buffer): decompress straight into the caller's buffer, check the
+ * XXH3 of the result against the fingerprint (`checkLoads`): a corrupt object is ERR_DECOMPRESS,
+ * never wrong data. Tier-only objects need a read: the async calls (startLoadBatch, loadAsync,
+ * loadBatchAsync) never block the event loop; the synchronous ones (load, loadBatch) read with a
+ * blocking pread — fine for a library caller, never used by the NBD server.
+ *
+ * Sync vs async: every public call exists in a synchronous form that always completes (it may
+ * block on disk I/O when a tier is configured) and an async-capable form (`start*`) that returns
+ * a plain value when it could finish in RAM — today's fast path, no Promise — and a Promise when
+ * it must wait for the tier (a read, a write buffer, or reading a cold duplicate to confirm it).
  *
  * Dedup domains: by default each area dedups only within itself (sharing across tenants leaks
- * content through timing); `sharedDedup` makes one domain of all areas. An object belongs to
- * the domain of the area that stored it, and only slots of that domain reference it.
+ * content through timing); `sharedDedup` makes one domain of all areas.
  *
  * Validation happens once at the public methods; private helpers trust their arguments.
  */
-import { ZsPool, type CompactResult, type ObjectId } from '../engine/alloc/zspool.js';
-import { grow, growable } from '../engine/alloc/typed.js';
+import { ZsPool, type CompactResult } from '../engine/alloc/zspool.js';
+import { grow } from '../engine/alloc/typed.js';
 import { parseCodec, type Codec } from '../engine/codec/codec.js';
 import { fillWord, isSameFilled, wordHi, wordLo } from '../engine/codec/same-filled.js';
 import { Fingerprinter, type FingerprintFn, xxh3Fingerprint } from '../engine/dedup/fingerprint.js';
 import { FingerprintIndex, KeyColumns } from '../engine/dedup/index.js';
-import { ZdedupError, checkUint } from './errors.js';
+import { ZdedupError, checkUint } from '../errors.js';
+import { DiskTier, type DiskTierOptions } from '../tiers/disk/disk-tier.js';
+import { CODEC_LZ4, CODEC_RAW, CODEC_ZSTD } from '../tiers/disk/format.js';
+import type { CleaningOwner, Liveness, Tier } from '../tiers/tier.js';
+import { Maintenance, type MaintenanceEvents } from './maintenance.js';
+import { IN_RAM, IN_TIER, REFERENCED, ObjectTable, type ObjectId } from './objects.js';
 import type { PageStoreStats } from './stats.js';
 
 export type { PageStoreStats } from './stats.js';
 export type { CompactResult } from '../engine/alloc/zspool.js';
+export type { MaintenanceEvents } from './maintenance.js';
 
 export type AreaId = number & { readonly __brand: 'AreaId' };
-export type StoreResult = 'stored' | 'reject_pool_limit' | 'reject_alloc_fail';
+export type StoreResult = 'stored' | 'reject_pool_limit' | 'reject_alloc_fail' | 'reject_reclaim_fail';
 export type LoadResult = 'hit' | 'miss';
 /** pageKind(): 0 hole (never written or invalidated), 1 zero page, 2 data. */
 export type PageKind = 0 | 1 | 2;
@@ -59,8 +73,23 @@ export interface PageStoreOptions {
   checkLoads?: boolean;
   /** One dedup domain for all areas instead of one per area. Default false. */
   sharedDedup?: boolean;
-  /** Upper bound of pool_total_size in bytes; 0 = unbounded. Default 0. */
+  /** Upper bound of pool_total_size in bytes; 0 = unbounded. Default 0. Without a tier a store
+   *  that needs more is refused (reject_pool_limit); with one, cold objects are written out. */
   maxPoolBytes?: number;
+  /** With a tier: after the pool hit its limit, new objects bypass RAM until the writer brought
+   *  the pool to this percentage of the limit (zswap's accept_threshold_percent). Default 90. */
+  acceptThresholdPercent?: number;
+  /** A disk tier to create (file or block device); see DiskTierOptions. */
+  backing?: Omit<DiskTierOptions, 'pageSize' | 'events'>;
+  /** Or a tier built by the caller (tests, future tiers). */
+  tier?: Tier;
+  /** Append every new object to the tier at store time too, so eviction costs no write. */
+  writethrough?: boolean;
+  /** Run writeback, cleaning and compaction in the background (unref'd timers). Default true
+   *  when a tier is configured. Off: call maintenanceStep() yourself (tests do). */
+  background?: boolean;
+  /** Where background work reports (writeback episodes, tier errors). */
+  events?: MaintenanceEvents;
   /** Replaces the fingerprint function (tests force collisions with it). */
   fingerprint?: FingerprintFn;
 }
@@ -68,17 +97,22 @@ export interface PageStoreOptions {
 /** Metadata per page slot, written or not: the area's u32 slot-map cell. */
 export const SLOT_METADATA_BYTES = 4;
 /**
- * Metadata per stored object, for projections (zdedup analyze): refs 1 + length 2 +
- * fingerprint 8 + pool handle 4 = 15 fixed, plus the fingerprint index cell (4 B at load
- * 0.64..0.8), zspage and arena bookkeeping and the columns' growth step. 23 is what `npm run
- * bench` measured on its real-process image (135,679 objects: (22.9 - 4) x 161,265 / 135,679 ≈ 22.5);
- * see bench/results/page-store-*.md.
+ * Metadata per stored object, for projections (zdedup analyze): refs 1 + length 2 + fingerprint
+ * 8 + pool handle 4 = 15, plus the fingerprint index cell (4 B at load 0.64..0.8), zspage and
+ * arena bookkeeping and the columns' growth step: 23 measured by `npm run bench` on its real-process
+ * image (see bench/results/page-store-*.md). The tiering columns add 17 B per object (flags 1,
+ * tier location 8, LRU links 8): 40 in all.
  */
-export const OBJECT_METADATA_BYTES = 23;
+export const OBJECT_METADATA_BYTES = 40;
 
 const SAME = 0x80000000;
-const REFS_BIG = 255;
 const MAX_AREA_PAGES = 2 ** 31;
+
+// storeOne's internal outcomes: the first four are final, the last two mean "wait, then retry".
+const S_OK = 0, S_POOL_LIMIT = 1, S_ALLOC_FAIL = 2, S_RECLAIM_FAIL = 3, S_WAIT_ROOM = 4, S_WAIT_VERIFY = 5;
+const STORE_RESULTS: StoreResult[] = ['stored', 'reject_pool_limit', 'reject_alloc_fail', 'reject_reclaim_fail'];
+// loadOne's outcomes
+const L_HIT = 0, L_MISS = 1, L_NEED_READ = 2;
 
 /** Same-filled words: a tiny refcounted table; word 0 is the zero word and is never freed. */
 class WordTable {
@@ -124,20 +158,37 @@ export class PageStore {
   readonly verify: boolean;
   readonly checkLoads: boolean;
   readonly sharedDedup: boolean;
+  readonly writethrough: boolean;
+  /** The tier cold objects go to, or null (RAM only). */
+  readonly tier: Tier | null;
   /** Why the last store (or batch) was rejected, when it was. */
   lastReject: StoreResult = 'stored';
 
   private readonly pool: ZsPool;
-  private readonly keys = new KeyColumns();
-  private refs = growable(Uint8Array);
-  private readonly bigRefs = new Map<number, number>(); // refs of objects with >= REFS_BIG slots
-  private lens: Uint16Array | Uint32Array;
-  private nextFreeId = -1; // free ids chained through keys.lo (a free id's key = next free + 1)
-  private highId = 0;
+  private readonly objects: ObjectTable;
+  private readonly keys: KeyColumns;
   private readonly words = new WordTable();
   private readonly fp: Fingerprinter;
   private readonly scratch: Buffer; // compressed output / decompressed candidate
+  private readonly tierScratch: Buffer; // a record's stored bytes read synchronously
   private readonly incompressibleCap: number;
+  private readonly codecId: number;
+  private readonly acceptBytes: number;
+  private readonly maintenance: Maintenance;
+  /** zswap's "pool reached full": set when an allocation hits the limit, cleared below acceptBytes. */
+  private poolFull = false;
+  /** Sum of stored lengths of objects held in RAM. */
+  private ramBytes = 0;
+  private tierObjects = 0;
+  // The answer of an async read of a cold duplicate candidate, handed to the retried store.
+  private hintId = -1;
+  private hintW0 = 0;
+  private hintW1 = 0;
+  private hintSame = false;
+  /** The candidate storeOne needs read before it can decide (S_WAIT_VERIFY). */
+  private verifyId = -1;
+  private readBufs: Buffer[] = [];
+  private closed = false;
 
   private slotMaps: (Uint32Array | undefined)[] = [];
   private domainIndex: FingerprintIndex[] = [];
@@ -153,6 +204,8 @@ export class PageStore {
     stored_incompressible_pages: 0, compressed_bytes: 0, reject_alloc_fail: 0, pool_limit_hit: 0,
     decompress_fail: 0, store_calls: 0, load_calls: 0, load_hits: 0, load_misses: 0,
     invalidated_pages: 0, dedup_hits: 0, verify_mismatch: 0,
+    reject_reclaim_fail: 0, written_back_pages: 0, evicted_clean_pages: 0, pool_bypass_pages: 0,
+    writethrough_pages: 0, promoted_pages: 0, disk_loads: 0, store_waits: 0,
   };
 
   constructor(opts: PageStoreOptions = {}) {
@@ -161,18 +214,31 @@ export class PageStore {
       throw new ZdedupError('ERR_INVALID_ARGUMENT', `page size must be a power of two from 4096 to 65536, got ${String(ps)}`);
     }
     if (opts.maxPoolBytes !== undefined) checkUint('maxPoolBytes', opts.maxPoolBytes);
+    const accept = opts.acceptThresholdPercent ?? 90;
+    if (typeof accept !== 'number' || !(accept > 0 && accept <= 100)) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', `accept threshold must be a percentage in (0, 100], got ${String(accept)}`);
+    }
     this.pageSize = ps;
     this.codec = parseCodec(opts.codec ?? 'lz4');
+    this.codecId = this.codec.name === 'lz4' ? CODEC_LZ4 : this.codec.name === 'zstd' ? CODEC_ZSTD : CODEC_RAW;
     this.verify = opts.verify ?? true;
     this.checkLoads = opts.checkLoads ?? true;
     this.sharedDedup = opts.sharedDedup ?? false;
+    this.writethrough = opts.writethrough ?? false;
     this.fp = new Fingerprinter(opts.fingerprint ?? xxh3Fingerprint());
     this.pool = new ZsPool(ps, opts.maxPoolBytes ?? 0);
-    // Lengths up to pageSize: u16 holds them for pages up to 32 KiB; 64 KiB pages need u32.
-    this.lens = ps <= 32768 ? growable(Uint16Array) : growable(Uint32Array);
+    this.acceptBytes = Math.floor((this.pool.maxBytes * accept) / 100);
+    this.objects = new ObjectTable(ps, (cap) => this.pool.ensureIds(cap));
+    this.keys = this.objects.keys;
     this.scratch = Buffer.alloc(ps * 2);
+    this.tierScratch = Buffer.alloc(ps);
     this.incompressibleCap = ps - ps / 8;
     if (this.sharedDedup) this.domainIndex.push(new FingerprintIndex(this.keys));
+    const events = opts.events ?? (() => {});
+    if (opts.tier !== undefined && opts.backing !== undefined) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'give either tier or backing, not both');
+    this.tier = opts.tier ?? (opts.backing !== undefined ? new DiskTier({ ...opts.backing, pageSize: ps, events }) : null);
+    if (this.writethrough && this.tier === null) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'writethrough needs a tier (a backing file or device)');
+    this.maintenance = new Maintenance(this, this.tier, events, opts.background ?? this.tier !== null);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -220,40 +286,98 @@ export class PageStore {
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Public API: store / load / invalidate
+  // Public API: store
 
-  /** Stores one page at slot `offset`. On a reject the slot keeps its previous content. */
+  /** Stores one page at slot `offset`. On a reject the slot keeps its previous content. May block on the tier. */
   store(area: AreaId, offset: number, page: Uint8Array): StoreResult {
     const slots = this.slotsOf(area);
     this.checkIndex(offset, 1, slots.length);
     this.checkPage(page, this.pageSize);
-    return this.storeOne(area, slots, offset, page, 0);
+    this.c.store_calls++;
+    return STORE_RESULTS[this.storeSync(area, slots, offset, page, 0)]!;
   }
 
-  /** Stores pages.length / pageSize consecutive pages; returns how many were stored (stops at the first reject). */
+  /** Stores pages.length / pageSize consecutive pages; returns how many were stored (stops at the first reject). May block on the tier. */
   storeBatch(area: AreaId, offset: number, pages: Uint8Array): number {
     const slots = this.slotsOf(area);
-    const P = this.pageSize;
-    if (!(pages instanceof Uint8Array) || pages.length % P !== 0) {
-      throw new ZdedupError('ERR_PAGE_LENGTH', `batch length must be a multiple of ${P}`);
-    }
-    const n = pages.length / P;
+    const n = this.checkBatch(pages);
     this.checkIndex(offset, n, slots.length);
+    const P = this.pageSize;
     for (let i = 0; i < n; i++) {
-      if (this.storeOne(area, slots, offset + i, pages, i * P) !== 'stored') return i;
+      this.c.store_calls++;
+      if (this.storeSync(area, slots, offset + i, pages, i * P) !== S_OK) return i;
     }
     return n;
   }
 
-  /** Loads slot `offset` into `into` (>= pageSize bytes). On a miss `into` is left untouched. */
+  /**
+   * storeBatch for event-loop servers: returns the number stored when every page could be placed
+   * at once (the fast path: no Promise), else a Promise of it — when the tier's write buffers are
+   * full, or a duplicate candidate lives only in the tier and must be read to be confirmed. Never
+   * blocks. `pages` must stay untouched until the Promise settles — or pass `copyOnWait` and the
+   * store keeps a copy of the pages it has yet to store when it must wait.
+   */
+  startStoreBatch(area: AreaId, offset: number, pages: Uint8Array, copyOnWait = false): number | Promise<number> {
+    const slots = this.slotsOf(area);
+    const n = this.checkBatch(pages);
+    this.checkIndex(offset, n, slots.length);
+    const P = this.pageSize;
+    for (let i = 0; i < n; i++) {
+      this.c.store_calls++;
+      const r = this.storeOne(area, slots, offset + i, pages, i * P, false);
+      if (r === S_OK) continue;
+      if (r >= S_WAIT_ROOM) {
+        if (!copyOnWait) return this.storeRest(area, offset, pages, i, n, r);
+        const rest = Uint8Array.prototype.slice.call(pages, i * P) as Uint8Array; // one copy per wait, not per page stored
+        return this.storeRest(area, offset + i, rest, 0, n - i, r).then((k) => i + k);
+      }
+      return i;
+    }
+    return n;
+  }
+
+  /** store() that never blocks the event loop. */
+  async storeAsync(area: AreaId, offset: number, page: Uint8Array): Promise<StoreResult> {
+    this.checkPage(page, this.pageSize);
+    const n = await this.startStoreBatch(area, offset, page);
+    return n === 1 ? 'stored' : this.lastReject;
+  }
+
+  /** storeBatch() that never blocks the event loop. */
+  async storeBatchAsync(area: AreaId, offset: number, pages: Uint8Array): Promise<number> {
+    return this.startStoreBatch(area, offset, pages);
+  }
+
+  /** Stores the zero page in `count` slots from `offset` (WRITE_ZEROES with NO_HOLE): no data is passed or hashed. */
+  storeZeroRange(area: AreaId, offset: number, count: number): void {
+    const slots = this.slotsOf(area);
+    this.checkIndex(offset, count, slots.length);
+    const c = this.c;
+    for (let i = offset; i < offset + count; i++) {
+      const old = slots[i]!;
+      c.store_calls++;
+      if (old === SAME) continue; // already the zero page
+      this.words.acquire(0, 0);
+      this.release(area, old);
+      slots[i] = SAME;
+      this.count(area, old, 1);
+      c.same_filled_pages++; c.zero_pages++;
+      this.areaSame[area]!++; this.areaZero[area]!++;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Public API: load
+
+  /** Loads slot `offset` into `into` (>= pageSize bytes). On a miss `into` is left untouched. May block on the tier. */
   load(area: AreaId, offset: number, into: Uint8Array): LoadResult {
     const slots = this.slotsOf(area);
     this.checkIndex(offset, 1, slots.length);
     this.checkInto(into, this.pageSize);
-    return this.loadOne(slots[offset]!, into, 0);
+    return this.loadOne(slots[offset]!, into, 0, true) === L_HIT ? 'hit' : 'miss';
   }
 
-  /** Loads `count` consecutive slots into `into`; misses are zero-filled. Returns the number of hits. */
+  /** Loads `count` consecutive slots into `into`; misses are zero-filled. Returns the number of hits. May block on the tier. */
   loadBatch(area: AreaId, offset: number, count: number, into: Uint8Array): number {
     const slots = this.slotsOf(area);
     this.checkIndex(offset, count, slots.length);
@@ -261,11 +385,65 @@ export class PageStore {
     this.checkInto(into, count * P);
     let hits = 0;
     for (let i = 0; i < count; i++) {
-      if (this.loadOne(slots[offset + i]!, into, i * P) === 'hit') hits++;
+      if (this.loadOne(slots[offset + i]!, into, i * P, true) === L_HIT) hits++;
       else into.fill(0, i * P, (i + 1) * P);
     }
     return hits;
   }
+
+  /**
+   * loadBatch for event-loop servers: returns the hits when every page was in RAM (the fast path:
+   * no Promise), else a Promise that resolves once the tier reads are done and `into` is complete.
+   * The result is the content at the time of the call, even if the slots change meanwhile.
+   * Rejects with ERR_DECOMPRESS / ERR_DISK_READ; bytes of a failed load are not data.
+   */
+  startLoadBatch(area: AreaId, offset: number, count: number, into: Uint8Array): number | Promise<number> {
+    const slots = this.slotsOf(area);
+    this.checkIndex(offset, count, slots.length);
+    const P = this.pageSize;
+    this.checkInto(into, count * P);
+    let hits = 0;
+    let reads: Promise<void>[] | null = null;
+    for (let i = 0; i < count; i++) {
+      const v = slots[offset + i]!;
+      const r = this.loadOne(v, into, i * P, false);
+      if (r === L_HIT) hits++;
+      else if (r === L_MISS) into.fill(0, i * P, (i + 1) * P);
+      else (reads ??= []).push(this.readObject(v - 1, into, i * P)); // one entry per page read from the tier
+    }
+    if (reads === null) return hits;
+    const n = hits + reads.length;
+    return Promise.all(reads).then(() => n);
+  }
+
+  /** load() that never blocks the event loop. */
+  async loadAsync(area: AreaId, offset: number, into: Uint8Array): Promise<LoadResult> {
+    const slots = this.slotsOf(area);
+    this.checkIndex(offset, 1, slots.length);
+    this.checkInto(into, this.pageSize);
+    if (slots[offset] === 0) { this.c.load_calls++; this.c.load_misses++; return 'miss'; }
+    await this.startLoadBatch(area, offset, 1, into);
+    return 'hit';
+  }
+
+  /** loadBatch() that never blocks the event loop. */
+  async loadBatchAsync(area: AreaId, offset: number, count: number, into: Uint8Array): Promise<number> {
+    return this.startLoadBatch(area, offset, count, into);
+  }
+
+  /** True when loading slot `offset` needs a tier read (the object is not in RAM or a write buffer). */
+  needsTierRead(area: AreaId, offset: number): boolean {
+    const slots = this.slotsOf(area);
+    this.checkIndex(offset, 1, slots.length);
+    const v = slots[offset]!;
+    if (v === 0 || (v & SAME) !== 0) return false;
+    const id = v - 1;
+    if ((this.objects.flags[id]! & IN_RAM) !== 0) return false;
+    return !this.tier!.locateBuffered(this.objects.w0[id]!, this.objects.w1[id]!);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Public API: invalidate, inspect
 
   invalidatePage(area: AreaId, offset: number): void {
     const slots = this.slotsOf(area);
@@ -314,30 +492,15 @@ export class PageStore {
     return i;
   }
 
-  /** Stores the zero page in `count` slots from `offset` (WRITE_ZEROES with NO_HOLE): no data is passed or hashed. */
-  storeZeroRange(area: AreaId, offset: number, count: number): void {
-    const slots = this.slotsOf(area);
-    this.checkIndex(offset, count, slots.length);
-    const c = this.c;
-    for (let i = offset; i < offset + count; i++) {
-      const old = slots[i]!;
-      c.store_calls++;
-      if (old === SAME) continue; // already the zero page
-      this.words.acquire(0, 0);
-      this.release(area, old);
-      slots[i] = SAME;
-      this.count(area, old, 1);
-      c.same_filled_pages++; c.zero_pages++;
-      this.areaSame[area]!++; this.areaZero[area]!++;
-    }
-  }
-
   /** Live counts of one area: stored (same-filled included), same-filled, zero, and never-written/invalidated pages. */
   areaStats(area: AreaId): { pages: number; stored_pages: number; same_filled_pages: number; zero_pages: number; hole_pages: number } {
     const slots = this.slotsOf(area);
     const stored = this.areaStored[area]!;
     return { pages: slots.length, stored_pages: stored, same_filled_pages: this.areaSame[area]!, zero_pages: this.areaZero[area]!, hole_pages: slots.length - stored };
   }
+
+  // ---------------------------------------------------------------------------------------------
+  // Maintenance (policy in maintenance.ts)
 
   /** One bounded compaction step (at most `budget` objects moved); repeat while it moves something. */
   compact(budget?: number): CompactResult {
@@ -346,16 +509,32 @@ export class PageStore {
 
   /**
    * Compaction policy: compacts when the pool holds more than `minWasteBytes` (default 8 MiB)
-   * and more than `maxWasteFraction` (default 1/8) of its size beyond the compressed bytes it
-   * stores — i.e. when frees have left sparse zspages and arenas. Returns the result, or null when
-   * no compaction was needed. One call does a bounded step (see ZsPool.compact); callers repeat
-   * while it returns work done.
+   * and more than `maxWasteFraction` (default 1/8) of its size beyond the bytes of the objects it
+   * holds. Returns the result, or null when no compaction was needed. One bounded step.
    */
   maybeCompact(minWasteBytes = 8 << 20, maxWasteFraction = 1 / 8): CompactResult | null {
     const pool = this.pool.totalSize();
-    const waste = pool - this.c.compressed_bytes;
+    const waste = pool - this.ramBytes;
     if (waste < minWasteBytes || waste < pool * maxWasteFraction) return null;
     return this.pool.compact();
+  }
+
+  /** Runs background work until there is none left (tests; with background: false). */
+  async settle(): Promise<void> {
+    await this.maintenance.settle();
+  }
+
+  /** Starts or stops the background work (timers are unref'd: they never keep a process alive). */
+  setBackground(on: boolean): void {
+    this.maintenance.setBackground(on);
+  }
+
+  /** Stops background work and closes the tier (waits for writes under way). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.maintenance.stop();
+    await this.tier?.close();
   }
 
   stats(): PageStoreStats {
@@ -364,6 +543,7 @@ export class PageStore {
     const pool = this.pool.totalSize();
     const meta = this.metadataBytes();
     const dedupSlots = c.stored_pages - c.same_filled_pages;
+    const t = this.tier?.stats();
     return {
       page_size: P,
       stored_pages: c.stored_pages,
@@ -373,16 +553,37 @@ export class PageStore {
       unique_objects: c.unique_objects,
       stored_incompressible_pages: c.stored_incompressible_pages,
       pool_total_size: pool,
+      max_pool_bytes: this.pool.maxBytes,
       logical_bytes: c.stored_pages * P,
       compressed_bytes: c.compressed_bytes,
+      ram_objects: this.objects.lruCount,
+      ram_compressed_bytes: this.ramBytes,
       metadata_bytes: meta,
       compression_ratio: c.compressed_bytes > 0 ? (c.unique_objects * P) / c.compressed_bytes : 1,
       dedup_ratio: c.unique_objects > 0 ? dedupSlots / c.unique_objects : 1,
       effective_ratio: (c.stored_pages * P) / (pool + meta),
       reject_alloc_fail: c.reject_alloc_fail,
       pool_limit_hit: c.pool_limit_hit,
+      reject_reclaim_fail: c.reject_reclaim_fail,
       decompress_fail: c.decompress_fail,
-      written_back_pages: 0,
+      written_back_pages: c.written_back_pages,
+      evicted_clean_pages: c.evicted_clean_pages,
+      pool_bypass_pages: c.pool_bypass_pages,
+      writethrough_pages: c.writethrough_pages,
+      promoted_pages: c.promoted_pages,
+      disk_loads: c.disk_loads,
+      store_waits: c.store_waits,
+      disk_objects: this.tierObjects,
+      backing_size: t?.backing_size ?? 0,
+      disk_bytes: t?.disk_bytes ?? 0,
+      disk_live_bytes: t?.disk_live_bytes ?? 0,
+      disk_segments: t?.disk_segments ?? 0,
+      disk_free_segments: t?.disk_free_segments ?? 0,
+      disk_bytes_written: t?.disk_bytes_written ?? 0,
+      write_amplification: t !== undefined && t.disk_record_bytes_appended > 0 ? t.disk_bytes_written / t.disk_record_bytes_appended : 1,
+      cleaned_segments: t?.cleaned_segments ?? 0,
+      disk_write_errors: t?.disk_write_errors ?? 0,
+      disk_read_errors: t?.disk_read_errors ?? 0,
       store_calls: c.store_calls,
       load_calls: c.load_calls,
       load_hits: c.load_hits,
@@ -397,22 +598,75 @@ export class PageStore {
     };
   }
 
-  /** Bytes of metadata: slot maps, object columns, indexes, word table, pool bookkeeping. */
+  /** Bytes of metadata: slot maps, object table, indexes, word table, pool bookkeeping. */
   metadataBytes(): number {
-    let b = this.keys.bytes() + this.refs.byteLength + this.lens.byteLength + this.words.bytes() + this.pool.metadataBytes() +
-      this.bigRefs.size * 40; // ~40 B per Map entry, one per object shared by >= 255 slots
+    let b = this.objects.bytes() + this.words.bytes() + this.pool.metadataBytes();
     for (const m of this.slotMaps) if (m) b += m.byteLength;
     for (const ix of this.domainIndex) b += ix.bytes();
     return b;
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Core
+  // Core: store
 
-  private storeOne(area: number, slots: Uint32Array, offset: number, src: Uint8Array, at: number): StoreResult {
+  /** storeOne that always completes: waits for room by writing synchronously, reads candidates with pread. */
+  private storeSync(area: number, slots: Uint32Array, offset: number, src: Uint8Array, at: number): number {
+    for (;;) {
+      const r = this.storeOne(area, slots, offset, src, at, true);
+      if (r !== S_WAIT_ROOM) return r;
+      // Every write buffer is busy: the library caller chose blocking calls, so refuse rather than
+      // spin; the async path waits instead. This only happens under a burst larger than the buffers.
+      this.c.reject_reclaim_fail++;
+      this.lastReject = 'reject_reclaim_fail';
+      return S_RECLAIM_FAIL;
+    }
+  }
+
+  /** The async continuation of startStoreBatch from page i, whose first attempt returned `first`. */
+  private async storeRest(area: AreaId, offset: number, pages: Uint8Array, i: number, n: number, first: number): Promise<number> {
+    const P = this.pageSize;
+    let r = first;
+    for (;;) {
+      if (r === S_WAIT_ROOM) {
+        this.c.store_waits++;
+        this.maintenance.kick();
+        await this.tier!.whenWritable();
+      } else if (r === S_WAIT_VERIFY) {
+        await this.readCandidate(this.verifyId, pages, i * P);
+      } else if (r === S_OK) {
+        this.hintId = -1;
+        if (++i === n) return n;
+        this.c.store_calls++;
+      } else {
+        this.hintId = -1;
+        return i;
+      }
+      if (this.closed) throw new ZdedupError('ERR_CLOSED', 'page store is closed');
+      r = this.storeOne(area, this.slotsOf(area), offset + i, pages, i * P, false);
+    }
+  }
+
+  /** Reads tier-only object `id` and records whether it holds page src[at..] (the hint storeOne uses). */
+  private async readCandidate(id: number, src: Uint8Array, at: number): Promise<void> {
+    const o = this.objects;
+    const w0 = o.w0[id]!, w1 = o.w1[id]!, len = o.lens[id]!, lo = o.keys.lo[id]!, hi = o.keys.hi[id]!;
+    const buf = this.readBufs.pop() ?? Buffer.alloc(this.pageSize);
+    const out = Buffer.alloc(this.pageSize); // per cold-duplicate check, not per page stored
+    let same = false;
+    try {
+      await this.tier!.read(w0, w1, id, len, lo, hi, buf, 0);
+      same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, 0, this.pageSize, at, at + this.pageSize) === 0;
+    } catch {
+      same = false; // unreadable: never share with it (counted by the tier)
+    } finally {
+      this.readBufs.push(buf);
+    }
+    this.hintId = id; this.hintW0 = w0; this.hintW1 = w1; this.hintSame = same;
+  }
+
+  private storeOne(area: number, slots: Uint32Array, offset: number, src: Uint8Array, at: number, sync: boolean): number {
     const P = this.pageSize;
     const c = this.c;
-    c.store_calls++;
     const page = at === 0 && src.length === P ? src : src.subarray(at, at + P);
     const old = slots[offset]!;
 
@@ -425,7 +679,7 @@ export class PageStore {
       c.same_filled_pages++;
       this.areaSame[area]!++;
       if (w === 0) { c.zero_pages++; this.areaZero[area]!++; }
-      return 'stored';
+      return S_OK;
     }
 
     this.fp.hash(page, P);
@@ -433,34 +687,33 @@ export class PageStore {
     const index = this.domainIndex[this.sharedDedup ? 0 : area]!;
     index.probeStart(lo, hi);
     for (let id = index.probeNext(); id >= 0; id = index.probeNext()) {
-      if (this.verify && !this.sameContent(id, page)) { c.verify_mismatch++; continue; }
+      if (this.verify) {
+        const same = this.sameContent(id, page, sync);
+        if (same === -1) { this.verifyId = id; return S_WAIT_VERIFY; }
+        if (same === 0) { c.verify_mismatch++; continue; }
+      }
       c.dedup_hits++;
-      if (old === id + 1) return 'stored'; // same content rewritten in place
-      this.incRef(id);
+      if (old === id + 1) return S_OK; // same content rewritten in place
+      this.objects.incRef(id);
       this.release(area, old);
       slots[offset] = id + 1;
       this.count(area, old, 1);
-      return 'stored';
+      return S_OK;
     }
 
     // A new object.
     let len = this.codec.compress(page, P, this.scratch, this.incompressibleCap);
     const raw = len === 0;
     if (raw) len = P;
-    const id = this.newId();
-    if (!this.pool.alloc(id, len)) {
-      this.freeId(id);
-      const why: StoreResult = this.pool.maxBytes > 0 ? 'reject_pool_limit' : 'reject_alloc_fail';
-      if (why === 'reject_pool_limit') c.pool_limit_hit++; else c.reject_alloc_fail++;
-      this.lastReject = why;
-      return why;
-    }
-    this.pool.locate(id);
-    this.pool.locBuf.set(raw ? page : this.scratch.subarray(0, len), this.pool.locOff);
-    this.lens[id] = len;
-    this.keys.lo[id] = lo;
-    this.keys.hi[id] = hi;
-    this.refs[id] = 1;
+    const bytes = raw ? page : this.scratch;
+    const o = this.objects;
+    const id = o.newId();
+    const placed = this.place(id, lo, hi, raw, bytes, len);
+    if (placed !== S_OK) { o.freeId(id); return placed; }
+    o.lens[id] = len;
+    o.keys.lo[id] = lo;
+    o.keys.hi[id] = hi;
+    o.refs[id] = 1;
     index.insert(id);
     c.unique_objects++;
     c.compressed_bytes += len;
@@ -468,54 +721,200 @@ export class PageStore {
     this.release(area, old);
     slots[offset] = id + 1;
     this.count(area, old, 1);
-    return 'stored';
+    return S_OK;
   }
 
-  /** True if object `id` holds exactly `page`. Decompresses into scratch when compressed. */
-  private sameContent(id: number, page: Uint8Array): boolean {
+  /**
+   * Puts a new object's bytes (bytes[0, len)) in RAM, or in the tier when the pool is full.
+   * Sets flags and locations; returns S_OK or why not (nothing changed then).
+   */
+  private place(id: number, lo: number, hi: number, raw: boolean, bytes: Uint8Array, len: number): number {
+    const o = this.objects;
+    const c = this.c;
+    const tier = this.tier;
+    const codec = raw ? CODEC_RAW : this.codecId;
+    if (!this.poolFull) {
+      const a = this.pool.alloc(id, len);
+      if (a === 'ok') {
+        this.pool.locate(id);
+        this.pool.locBuf.set(bytes.subarray(0, len), this.pool.locOff);
+        o.flags[id] = IN_RAM;
+        o.lruPushHead(id);
+        this.ramBytes += len;
+        if (this.writethrough && tier!.append(id, lo, hi, codec, bytes, 0, len) === 'ok') {
+          o.flags[id] = IN_RAM | IN_TIER;
+          o.w0[id] = tier!.lastW0;
+          o.w1[id] = tier!.lastW1;
+          this.tierObjects++;
+          c.writethrough_pages++;
+        }
+        return S_OK;
+      }
+      if (a === 'zspage_limit' || tier === null) {
+        if (a === 'pool_limit') { c.pool_limit_hit++; this.lastReject = 'reject_pool_limit'; return S_POOL_LIMIT; }
+        c.reject_alloc_fail++;
+        this.lastReject = 'reject_alloc_fail';
+        return S_ALLOC_FAIL;
+      }
+      c.pool_limit_hit++;
+      this.poolFull = true;
+      this.maintenance.kick();
+    }
+    // The pool is full (or refilling below the accept threshold): straight to the tier.
+    const r = tier!.append(id, lo, hi, codec, bytes, 0, len);
+    if (r === 'ok') {
+      o.flags[id] = IN_TIER;
+      o.w0[id] = tier!.lastW0;
+      o.w1[id] = tier!.lastW1;
+      this.tierObjects++;
+      c.pool_bypass_pages++;
+      return S_OK;
+    }
+    if (r === 'busy') return S_WAIT_ROOM;
+    c.reject_reclaim_fail++;
+    this.lastReject = 'reject_reclaim_fail';
+    return S_RECLAIM_FAIL;
+  }
+
+  /**
+   * 1 when object `id` holds exactly `page`, 0 when not (or unreadable: never share with it),
+   * -1 when it lives only on the tier's medium and `sync` is false (the caller reads it, then
+   * retries with the answer as a hint).
+   */
+  private sameContent(id: number, page: Uint8Array, sync: boolean): number {
     const P = this.pageSize;
-    const len = this.lens[id]!;
-    this.pool.locate(id as ObjectId);
-    const buf = this.pool.locBuf, off = this.pool.locOff;
-    if (len === P) return buf.compare(page, 0, P, off, off + P) === 0;
+    const o = this.objects;
+    const len = o.lens[id]!;
+    let buf: Uint8Array, off: number;
+    if ((o.flags[id]! & IN_RAM) !== 0) {
+      this.pool.locate(id);
+      buf = this.pool.locBuf; off = this.pool.locOff;
+    } else {
+      const w0 = o.w0[id]!, w1 = o.w1[id]!;
+      if (this.hintId === id && this.hintW0 === w0 && this.hintW1 === w1) return this.hintSame ? 1 : 0;
+      const tier = this.tier!;
+      if (tier.locateBuffered(w0, w1)) {
+        buf = tier.locBuf; off = tier.locOff;
+      } else if (sync) {
+        try {
+          tier.readSync(w0, w1, id, len, o.keys.lo[id]!, o.keys.hi[id]!, this.tierScratch, 0);
+        } catch {
+          return 0;
+        }
+        buf = this.tierScratch; off = 0;
+      } else {
+        return -1;
+      }
+    }
+    if (len === P) return Buffer.compare(buf.subarray(off, off + P), page) === 0 ? 1 : 0;
     const out = this.scratch;
     if (!this.codec.decompress(buf.subarray(off, off + len), len, out, P)) {
       this.c.decompress_fail++; // corrupt object: never share with it
-      return false;
+      return 0;
     }
-    return out.compare(page, 0, P, 0, P) === 0;
+    return out.compare(page, 0, P, 0, P) === 0 ? 1 : 0;
   }
 
-  private loadOne(v: number, into: Uint8Array, at: number): LoadResult {
+  // ---------------------------------------------------------------------------------------------
+  // Core: load
+
+  private loadOne(v: number, into: Uint8Array, at: number, sync: boolean): number {
     const P = this.pageSize;
     const c = this.c;
     c.load_calls++;
-    if (v === 0) { c.load_misses++; return 'miss'; }
+    if (v === 0) { c.load_misses++; return L_MISS; }
     c.load_hits++;
-    const dst = at === 0 && into.length === P ? into : into.subarray(at, at + P);
     if (v & SAME) {
       const w = v & ~SAME;
-      fillWord(dst, P, this.words.keys.lo[w]!, this.words.keys.hi[w]!);
-      return 'hit';
+      fillWord(at === 0 && into.length === P ? into : into.subarray(at, at + P), P, this.words.keys.lo[w]!, this.words.keys.hi[w]!);
+      return L_HIT;
     }
     const id = v - 1;
-    const len = this.lens[id]!;
-    this.pool.locate(id as ObjectId);
-    const buf = this.pool.locBuf, off = this.pool.locOff;
-    if (len === P) buf.copy(dst, 0, off, off + P);
-    else if (!this.codec.decompress(buf.subarray(off, off + len), len, dst, P)) {
-      c.decompress_fail++;
-      throw new ZdedupError('ERR_DECOMPRESS', `object ${id} failed to decompress (${this.codec.spec}, ${len} bytes)`);
+    const o = this.objects;
+    const len = o.lens[id]!;
+    const f = o.flags[id]!;
+    if ((f & IN_RAM) !== 0) {
+      o.flags[id] = f | REFERENCED;
+      this.pool.locate(id);
+      this.decode(this.pool.locBuf, this.pool.locOff, len, into, at, o.keys.lo[id]!, o.keys.hi[id]!, true);
+      return L_HIT;
     }
-    if (this.checkLoads) {
-      this.fp.hash(dst, P);
-      if (this.fp.lo !== this.keys.lo[id] || this.fp.hi !== this.keys.hi[id]) {
-        c.decompress_fail++;
-        throw new ZdedupError('ERR_DECOMPRESS', `object ${id} does not match its fingerprint: corrupt`);
+    const tier = this.tier!;
+    const w0 = o.w0[id]!, w1 = o.w1[id]!;
+    if (tier.locateBuffered(w0, w1)) {
+      this.decode(tier.locBuf, tier.locOff, len, into, at, o.keys.lo[id]!, o.keys.hi[id]!, true);
+      return L_HIT;
+    }
+    if (!sync) { c.load_hits--; c.load_calls--; return L_NEED_READ; } // counted when the read is issued
+    const lo = o.keys.lo[id]!, hi = o.keys.hi[id]!;
+    tier.readSync(w0, w1, id, len, lo, hi, this.tierScratch, 0);
+    c.disk_loads++;
+    this.decode(this.tierScratch, 0, len, into, at, lo, hi, true);
+    this.maybePromote(id, w0, w1, this.tierScratch, len);
+    return L_HIT;
+  }
+
+  /** Reads tier-only object `id` into into[at..] (a page), checked; then maybe promotes it. */
+  private async readObject(id: number, into: Uint8Array, at: number): Promise<void> {
+    const o = this.objects;
+    const w0 = o.w0[id]!, w1 = o.w1[id]!, len = o.lens[id]!, lo = o.keys.lo[id]!, hi = o.keys.hi[id]!;
+    this.c.load_calls++;
+    this.c.load_hits++;
+    const buf = this.readBufs.pop() ?? Buffer.alloc(this.pageSize);
+    try {
+      await this.tier!.read(w0, w1, id, len, lo, hi, buf, 0);
+      this.c.disk_loads++;
+      this.decode(buf, 0, len, into, at, lo, hi, true);
+      this.maybePromote(id, w0, w1, buf, len);
+    } finally {
+      this.readBufs.push(buf);
+    }
+  }
+
+  /**
+   * Decodes stored bytes src[off, off+len) into dst[at, at+P) and checks the fingerprint.
+   * `strict`: throw ERR_DECOMPRESS on failure (a load); else return false (a dedup check).
+   */
+  private decode(src: Uint8Array, off: number, len: number, dst: Uint8Array, at: number, lo: number, hi: number, strict: boolean): boolean {
+    const P = this.pageSize;
+    const out = at === 0 && dst.length === P ? dst : dst.subarray(at, at + P);
+    if (len === P) out.set(src.subarray(off, off + P));
+    else if (!this.codec.decompress(src.subarray(off, off + len), len, out, P)) {
+      this.c.decompress_fail++;
+      if (!strict) return false;
+      throw new ZdedupError('ERR_DECOMPRESS', `object failed to decompress (${this.codec.spec}, ${len} bytes)`);
+    }
+    if (this.checkLoads && strict) {
+      this.fp.hash(out, P);
+      if (this.fp.lo !== lo || this.fp.hi !== hi) {
+        this.c.decompress_fail++;
+        throw new ZdedupError('ERR_DECOMPRESS', 'object does not match its fingerprint: corrupt');
       }
     }
-    return 'hit';
+    return true;
   }
+
+  /**
+   * Promotion policy: a page read from the tier comes back into RAM (keeping its tier copy, so
+   * dropping it again costs no write) when the pool is below its accept threshold — i.e. when RAM
+   * has room without pushing anything else out. Otherwise it stays cold: a load under memory
+   * pressure must not evict a hotter page to make room for a page that may never be read again.
+   */
+  private maybePromote(id: number, w0: number, w1: number, bytes: Uint8Array, len: number): void {
+    const o = this.objects;
+    if (this.poolFull || !o.isLive(id) || o.flags[id] !== IN_TIER || o.w0[id] !== w0 || o.w1[id] !== w1) return;
+    if (this.pool.maxBytes > 0 && this.pool.totalSize() >= this.acceptBytes) return;
+    if (this.pool.alloc(id, len) !== 'ok') return;
+    this.pool.locate(id);
+    this.pool.locBuf.set(bytes.subarray(0, len), this.pool.locOff);
+    o.flags[id] = IN_RAM | IN_TIER;
+    o.lruPushHead(id);
+    this.ramBytes += len;
+    this.c.promoted_pages++;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Core: release
 
   private clear(area: number, slots: Uint32Array, offset: number): void {
     const old = slots[offset]!;
@@ -538,14 +937,24 @@ export class PageStore {
       return;
     }
     const id = v - 1;
-    if (this.decRef(id) > 0) return;
+    const o = this.objects;
+    if (o.decRef(id) > 0) return;
     this.domainIndex[this.sharedDedup ? 0 : area]!.remove(id);
-    this.pool.free(id as ObjectId);
-    const len = this.lens[id]!;
+    const len = o.lens[id]!;
+    const f = o.flags[id]!;
+    if ((f & IN_RAM) !== 0) this.dropRam(id, len);
+    if ((f & IN_TIER) !== 0) { this.tier!.release(o.w0[id]!, o.w1[id]!, len); this.tierObjects--; }
     this.c.unique_objects--;
     this.c.compressed_bytes -= len;
     if (len === this.pageSize) this.c.stored_incompressible_pages--;
-    this.freeId(id);
+    o.freeId(id);
+  }
+
+  private dropRam(id: number, len: number): void {
+    this.pool.free(id);
+    this.objects.lruRemove(id);
+    this.objects.flags[id] = this.objects.flags[id]! & ~(IN_RAM | REFERENCED);
+    this.ramBytes -= len;
   }
 
   /** Keeps stored_pages right when a slot goes from `old` to empty (now = 0) or filled (now = 1). */
@@ -555,50 +964,87 @@ export class PageStore {
     this.areaStored[area]! += d;
   }
 
-  private incRef(id: number): void {
-    const r = this.refs[id]!;
-    if (r < REFS_BIG - 1) this.refs[id] = r + 1;
-    else if (r === REFS_BIG - 1) { this.refs[id] = REFS_BIG; this.bigRefs.set(id, REFS_BIG); }
-    else this.bigRefs.set(id, this.bigRefs.get(id)! + 1);
+  // ---------------------------------------------------------------------------------------------
+  // Mechanisms for maintenance.ts (the policy lives there)
+
+  /** Pool bytes above which the writer works (the limit while refusing, else the accept threshold). */
+  poolOverTarget(): boolean {
+    if (this.pool.maxBytes === 0 || this.tier === null) return false;
+    const size = this.pool.totalSize();
+    if (this.poolFull && size <= this.acceptBytes) this.poolFull = false;
+    return this.poolFull || size > this.acceptBytes;
   }
 
-  /** Drops one reference; returns the references left. */
-  private decRef(id: number): number {
-    const r = this.refs[id]!;
-    if (r < REFS_BIG) { this.refs[id] = r - 1; return r - 1; }
-    const n = this.bigRefs.get(id)! - 1;
-    if (n < REFS_BIG) { this.bigRefs.delete(id); this.refs[id] = n; } else this.bigRefs.set(id, n);
-    return n;
+  /** Bytes of the pool beyond the objects it holds (free slots in zspages, empty units). */
+  poolWaste(): number {
+    return this.pool.totalSize() - this.ramBytes;
   }
 
-  private refCount(id: number): number {
-    const r = this.refs[id]!;
-    return r < REFS_BIG ? r : this.bigRefs.get(id)!;
+  /** Bytes held in RAM by objects (what eviction reduces). */
+  poolObjectBytes(): number {
+    return this.ramBytes;
   }
 
-  private newId(): ObjectId {
-    let id: number;
-    if (this.nextFreeId >= 0) {
-      id = this.nextFreeId;
-      this.nextFreeId = this.keys.lo[id]! - 1;
-    } else {
-      id = this.highId++;
-      if (id >= this.refs.length) {
-        this.refs = grow(this.refs, id + 1);
-        const cap = this.refs.length;
-        this.lens = grow(this.lens, cap);
-        this.keys.ensure(cap);
-        this.pool.ensureIds(cap);
+  /** The accept threshold in bytes. */
+  poolTargetBytes(): number {
+    return this.acceptBytes;
+  }
+
+  /**
+   * Writes back (or drops, when already in the tier) up to `budgetBytes` of the least recently
+   * used RAM objects, giving referenced ones a second chance. Returns what stopped it.
+   */
+  evictOldest(budgetBytes: number): 'done' | 'empty' | 'busy' | 'full' | 'failed' {
+    const o = this.objects;
+    const tier = this.tier!;
+    let freed = 0;
+    let rotations = o.lruCount; // at most one full turn of second chances per call
+    while (freed < budgetBytes) {
+      const id = o.lruOldest();
+      if (id < 0) return 'empty';
+      const f = o.flags[id]!;
+      if ((f & REFERENCED) !== 0 && rotations-- > 0) {
+        o.flags[id] = f & ~REFERENCED;
+        o.lruRemove(id);
+        o.lruPushHead(id);
+        continue;
       }
+      const len = o.lens[id]!;
+      if ((f & IN_TIER) === 0) {
+        this.pool.locate(id);
+        const r = tier.append(id, o.keys.lo[id]!, o.keys.hi[id]!, len === this.pageSize ? CODEC_RAW : this.codecId, this.pool.locBuf, this.pool.locOff, len);
+        if (r !== 'ok') return r;
+        o.w0[id] = tier.lastW0;
+        o.w1[id] = tier.lastW1;
+        o.flags[id] = f | IN_TIER;
+        this.tierObjects++;
+        this.c.written_back_pages++;
+      } else {
+        this.c.evicted_clean_pages++;
+      }
+      this.dropRam(id, len);
+      freed += len;
     }
-    return id as ObjectId;
+    return 'done';
   }
 
-  private freeId(id: number): void {
-    this.refs[id] = 0;
-    this.keys.lo[id] = this.nextFreeId + 1;
-    this.nextFreeId = id;
-  }
+  /** The cleaner's view of the object table (see CleaningOwner). */
+  readonly cleaningOwner: CleaningOwner = {
+    liveness: (id: number, w0: number, w1: number): Liveness => {
+      const o = this.objects;
+      if (!o.isLive(id) || (o.flags[id]! & IN_TIER) === 0 || o.w0[id] !== w0 || o.w1[id] !== w1) return 'dead';
+      if ((o.flags[id]! & IN_RAM) !== 0) {
+        o.flags[id] = o.flags[id]! & ~IN_TIER; // RAM keeps the only copy; a later eviction rewrites it
+        this.tierObjects--;
+        return 'drop';
+      }
+      return 'move';
+    },
+    relocated: (id: number, w0: number, w1: number): void => {
+      this.objects.w0[id] = w0;
+      this.objects.w1[id] = w1;
+    },
+  };
 
   // ---------------------------------------------------------------------------------------------
   // Validation (public edge only)
@@ -607,6 +1053,14 @@ export class PageStore {
     const m = typeof area === 'number' && Number.isInteger(area) && area >= 0 ? this.slotMaps[area] : undefined;
     if (!m) throw new ZdedupError('ERR_UNKNOWN_AREA', `unknown area ${String(area)}`);
     return m;
+  }
+
+  private checkBatch(pages: Uint8Array): number {
+    const P = this.pageSize;
+    if (!(pages instanceof Uint8Array) || pages.length % P !== 0) {
+      throw new ZdedupError('ERR_PAGE_LENGTH', `batch length must be a multiple of ${P}`);
+    }
+    return pages.length / P;
   }
 
   private checkIndex(offset: number, count: number, pages: number): void {
@@ -636,9 +1090,11 @@ export class PageStore {
   // ---------------------------------------------------------------------------------------------
   // White-box hooks for tests
 
-  /** Internal consistency check: refcounts equal slot references, counters equal recounts. */
+  /** Internal consistency check: refcounts equal slot references, counters equal recounts, locations agree. */
   checkInvariants(): void {
     this.pool.checkInvariants();
+    this.objects.checkLru();
+    const o = this.objects;
     const refsSeen = new Map<number, number>();
     let stored = 0, same = 0, zero = 0;
     this.slotMaps.forEach((m, a) => {
@@ -660,18 +1116,42 @@ export class PageStore {
     if (same !== this.c.same_filled_pages) throw new Error(`same_filled_pages ${this.c.same_filled_pages} != ${same}`);
     if (zero !== this.c.zero_pages) throw new Error(`zero_pages ${this.c.zero_pages} != ${zero}`);
     if (refsSeen.size !== this.c.unique_objects) throw new Error(`unique_objects ${this.c.unique_objects} != ${refsSeen.size}`);
+    let ram = 0, ramBytes = 0, inTier = 0, bytes = 0;
     for (const [id, n] of refsSeen) {
-      if (this.refCount(id) !== n) throw new Error(`object ${id}: refs ${this.refCount(id)} != ${n} slots`);
-      if (!this.pool.isAllocated(id)) throw new Error(`object ${id} referenced but not allocated`);
+      if (o.refCount(id) !== n) throw new Error(`object ${id}: refs ${o.refCount(id)} != ${n} slots`);
+      const f = o.flags[id]!;
+      if ((f & (IN_RAM | IN_TIER)) === 0) throw new Error(`object ${id} has no location`);
+      if (((f & IN_RAM) !== 0) !== this.pool.isAllocated(id)) throw new Error(`object ${id}: IN_RAM ${(f & IN_RAM) !== 0} but pool allocation ${this.pool.isAllocated(id)}`);
+      if ((f & IN_RAM) !== 0) { ram++; ramBytes += o.lens[id]!; }
+      if ((f & IN_TIER) !== 0) inTier++;
+      bytes += o.lens[id]!;
     }
+    if (ram !== o.lruCount) throw new Error(`RAM objects ${ram} != LRU count ${o.lruCount}`);
+    if (ramBytes !== this.ramBytes) throw new Error(`ram bytes ${this.ramBytes} != ${ramBytes}`);
+    if (inTier !== this.tierObjects) throw new Error(`tier objects ${this.tierObjects} != ${inTier}`);
+    if (bytes !== this.c.compressed_bytes) throw new Error(`compressed_bytes ${this.c.compressed_bytes} != ${bytes}`);
+    if (this.tier instanceof DiskTier) this.tier.checkInvariants();
   }
 
-  /** Test hook: flips a byte of the object behind a slot (to prove corruption is detected). */
+  /** Where the object behind a slot lives (tests): 'ram', 'tier', 'both', or null for none. */
+  locationForTest(area: AreaId, offset: number): 'ram' | 'tier' | 'both' | null {
+    const v = this.slotsOf(area)[offset]!;
+    if (v === 0 || v & SAME) return null;
+    const f = this.objects.flags[v - 1]!;
+    return (f & IN_RAM) !== 0 ? ((f & IN_TIER) !== 0 ? 'both' : 'ram') : 'tier';
+  }
+
+  /** Test hook: flips a byte of the object behind a slot, in RAM, else in the tier (to prove corruption is detected). */
   corruptForTest(area: AreaId, offset: number): void {
     const v = this.slotsOf(area)[offset]!;
     if (v === 0 || v & SAME) throw new Error('slot holds no object');
-    this.pool.locate((v - 1) as ObjectId);
-    const i = this.pool.locOff + ((this.lens[v - 1]! / 2) | 0);
-    this.pool.locBuf[i]! ^= 0x5a;
+    const id = v - 1;
+    if ((this.objects.flags[id]! & IN_RAM) !== 0) {
+      this.pool.locate(id);
+      const i = this.pool.locOff + ((this.objects.lens[id]! / 2) | 0);
+      this.pool.locBuf[i]! ^= 0x5a;
+      return;
+    }
+    this.tier!.corruptForTest!(this.objects.w0[id]!, this.objects.w1[id]!);
   }
 }

@@ -20,10 +20,15 @@ export interface PageStoreStats {
   stored_incompressible_pages: number;
   /** Bytes of arenas the pool holds. zswap: pool_total_size. */
   pool_total_size: number;
+  /** The pool's byte limit (--max-pool); 0 = unbounded. */
+  max_pool_bytes: number;
   /** stored_pages * page_size. */
   logical_bytes: number;
-  /** Sum of the stored lengths of live objects (before size-class rounding). */
+  /** Sum of the stored lengths of live objects, wherever they are (before size-class rounding). */
   compressed_bytes: number;
+  /** Objects held in RAM (in the LRU list), and the sum of their stored lengths. */
+  ram_objects: number;
+  ram_compressed_bytes: number;
   /** Bytes of per-page and per-object metadata (typed arrays, tables, arena bookkeeping). */
   metadata_bytes: number;
   /** unique_objects * page_size / compressed_bytes (1 when empty). */
@@ -34,12 +39,46 @@ export interface PageStoreStats {
   effective_ratio: number;
   /** Stores refused because the allocator could not place the object (id space exhausted). */
   reject_alloc_fail: number;
-  /** Stores refused because the pool is at its byte limit (zswap: pool_limit_hit). */
+  /** Stores that found the pool at its byte limit (zswap: pool_limit_hit). Without a tier they are refused; with one they go to the tier. */
   pool_limit_hit: number;
+  /** Stores refused because the tier could not take them either: full or failing (zswap: reject_reclaim_fail). */
+  reject_reclaim_fail: number;
   /** Loads that found an object that failed to decompress or to match its checksum. */
   decompress_fail: number;
-  /** Objects written to a lower tier (no tier yet: always 0). */
+  /** Objects written from RAM to the tier by the writer (zswap: written_back_pages). */
   written_back_pages: number;
+  /** RAM copies dropped by the writer because the tier already held the object (no write). */
+  evicted_clean_pages: number;
+  /** New objects stored straight into the tier because the pool was full (above the accept threshold). */
+  pool_bypass_pages: number;
+  /** New objects also appended to the tier at store time (--writethrough). */
+  writethrough_pages: number;
+  /** Tier objects brought back into RAM by a load (kept in the tier too). */
+  promoted_pages: number;
+  /** Loads served by reading the tier's medium (not RAM or a write buffer). */
+  disk_loads: number;
+  /** Stores that had to wait for the tier's write buffers (async calls only). */
+  store_waits: number;
+  /** Live objects with a copy in the tier. */
+  disk_objects: number;
+  /** Size of the backing file or device (0 without a disk tier). */
+  backing_size: number;
+  /** Bytes of the backing occupied by segments in use (sealed or being filled), and the live part. */
+  disk_bytes: number;
+  disk_live_bytes: number;
+  /** Segments in use, and free. */
+  disk_segments: number;
+  disk_free_segments: number;
+  /** Bytes written to the backing (segments, aligned). */
+  disk_bytes_written: number;
+  /** disk_bytes_written / bytes of new records appended (cleaning and padding make it > 1). */
+  write_amplification: number;
+  /** Segments freed by the cleaner. */
+  cleaned_segments: number;
+  /** Failed writes of segments (each is retried; appends are refused meanwhile). */
+  disk_write_errors: number;
+  /** Tier reads that failed: I/O error, bad checksum or wrong record (each is an EIO, never data). */
+  disk_read_errors: number;
   /** Calls of store / load, loads that hit and missed, pages invalidated. */
   store_calls: number;
   load_calls: number;

@@ -27,7 +27,7 @@ test('fill / free / compact keeps every live object byte-identical and releases 
   for (let id = 0; id < N; id++) {
     const len = 1 + Math.floor(rnd() * 3584);
     lens[id] = len;
-    assert.ok(pool.alloc(id as ObjectId, len));
+    assert.equal(pool.alloc(id as ObjectId, len), 'ok');
     pool.locate(id as ObjectId);
     content(id, len).copy(pool.locBuf, pool.locOff);
   }
@@ -64,7 +64,7 @@ test('compaction in bounded steps converges to the same result', () => {
   const lens = new Uint16Array(N);
   for (let id = 0; id < N; id++) {
     lens[id] = 1 + Math.floor(rnd() * 3584);
-    assert.ok(pool.alloc(id as ObjectId, lens[id]!));
+    assert.equal(pool.alloc(id as ObjectId, lens[id]!), 'ok');
     pool.locate(id as ObjectId);
     const b = Buffer.alloc(lens[id]!); fillRandom(b, id + 1); b.copy(pool.locBuf, pool.locOff);
   }

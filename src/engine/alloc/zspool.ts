@@ -40,11 +40,35 @@ import { tuneMallocForArenas } from '../codec/native.js';
 /** Object handles are caller ids; `ObjectId` is the page store's object id. */
 export type ObjectId = number & { readonly __brand: 'ObjectId' };
 
-const NONE = 0xffffffff;
+// ---- handles ----------------------------------------------------------------------------------
+// A handle is a u32:
+//   bits 31..10  zspage id       (0 .. 2^22 - 2; 2^22 - 1 would make NO_HANDLE ambiguous)
+//   bits  9..0   object index    (0 .. 1023 inside its zspage)
+//   0xffffffff   NO_HANDLE: the id has no RAM allocation
+// Example: zspage 5, index 3 -> (5 << 10) | 3 = 5123. Pack and unpack only through these helpers.
+
+/** A packed (zspage, index) location of a RAM object. */
+export type Handle = number & { readonly __brand: 'Handle' };
+export const NO_HANDLE = 0xffffffff as Handle;
 const IDX_BITS = 10;
 const IDX_MASK = (1 << IDX_BITS) - 1;
-const MAX_ZSPAGES = 2 ** (32 - IDX_BITS) - 1; // keeps every valid handle below NONE
+const MAX_ZSPAGES = 2 ** (32 - IDX_BITS) - 1; // keeps every valid handle below NO_HANDLE
 if (MAX_OBJS_PER_ZSPAGE > 1 << IDX_BITS) throw new Error('size classes allow more objects per zspage than a handle can index');
+
+export function packHandle(zspage: number, index: number): Handle {
+  return ((zspage << IDX_BITS) | index) >>> 0 as Handle;
+}
+export function handleZspage(h: number): number {
+  return h >>> IDX_BITS;
+}
+export function handleIndex(h: number): number {
+  return h & IDX_MASK;
+}
+
+/** Why alloc() did or did not place an object: a reason, so the caller's counters need not guess. */
+export type AllocResult = 'ok' | 'pool_limit' | 'zspage_limit';
+
+const NONE = 0xffffffff; // an unused zspage's arena
 const END = 0xffff;
 const GROUPS = 6; // 0 unused (an empty zspage is freed at once), 1..4 partial, 5 full
 const FULL = 5;
@@ -129,7 +153,7 @@ export class ZsPool {
   /** Makes ids [0, n) usable. */
   ensureIds(n: number): void {
     if (n <= this.objHandle.length) return;
-    this.objHandle = grow(this.objHandle, n, NONE);
+    this.objHandle = grow(this.objHandle, n, NO_HANDLE);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -139,7 +163,7 @@ export class ZsPool {
    * Allocates `len` bytes (1..pageSize) for object `id`. Returns false when the pool limit (or
    * the id space) stops it; nothing changes then.
    */
-  alloc(id: ObjectId, len: number): boolean {
+  alloc(id: number, len: number): AllocResult {
     const c = classFor(this.classes, len);
     let z = -1;
     const base = c * GROUPS;
@@ -149,7 +173,7 @@ export class ZsPool {
     }
     if (z < 0) {
       z = this.newZspage(c);
-      if (z < 0) return false;
+      if (z < 0) return z === -1 ? 'pool_limit' : 'zspage_limit';
     }
     const idx = this.zsFree[z]!;
     const buf = this.arenaBuf[this.zsArena[z]!]!;
@@ -157,15 +181,15 @@ export class ZsPool {
     this.zsFree[z] = buf[off]! | (buf[off + 1]! << 8);
     this.zsInuse[z]++;
     this.regroup(z);
-    this.objHandle[id] = ((z << IDX_BITS) | idx) >>> 0;
-    return true;
+    this.objHandle[id] = packHandle(z, idx);
+    return 'ok';
   }
 
   /** Frees object `id`. Frees its zspage when it was the last object, and the arena after it. */
-  free(id: ObjectId): void {
+  free(id: number): void {
     const h = this.objHandle[id]!;
-    const z = h >>> IDX_BITS, idx = h & IDX_MASK;
-    this.objHandle[id] = NONE;
+    const z = handleZspage(h), idx = handleIndex(h);
+    this.objHandle[id] = NO_HANDLE;
     const buf = this.arenaBuf[this.zsArena[z]!]!;
     const off = this.objOffset(z, idx);
     const next = this.zsFree[z]!;
@@ -177,15 +201,15 @@ export class ZsPool {
   }
 
   /** Sets locBuf/locOff to where object `id` lives. */
-  locate(id: ObjectId): void {
+  locate(id: number): void {
     const h = this.objHandle[id]!;
-    const z = h >>> IDX_BITS;
+    const z = handleZspage(h);
     this.locBuf = this.arenaBuf[this.zsArena[z]!]!;
-    this.locOff = this.objOffset(z, h & IDX_MASK);
+    this.locOff = this.objOffset(z, handleIndex(h));
   }
 
   isAllocated(id: number): boolean {
-    return id < this.objHandle.length && this.objHandle[id] !== NONE;
+    return id < this.objHandle.length && this.objHandle[id] !== NO_HANDLE;
   }
 
   private objOffset(z: number, idx: number): number {
@@ -230,11 +254,11 @@ export class ZsPool {
   private newZspage(c: number): number {
     const k = this.classes.chain[c]!;
     const arena = this.arenaWithRun(k);
-    if (arena < 0) return -1;
+    if (arena < 0) return -1; // pool limit
     let z: number;
     if (this.zsFreeCount > 0) z = this.zsFreeIds[--this.zsFreeCount]!;
     else {
-      if (this.zsHigh >= MAX_ZSPAGES) return -1;
+      if (this.zsHigh >= MAX_ZSPAGES) return -2; // handle space
       z = this.zsHigh++;
       if (z >= this.zsClass.length) this.growZspages(z + 1);
     }
@@ -386,8 +410,8 @@ export class ZsPool {
     const next = new Int32Array(this.objHandle.length);
     for (let id = 0; id < this.objHandle.length; id++) {
       const h = this.objHandle[id]!;
-      if (h === NONE) continue;
-      const z = h >>> IDX_BITS;
+      if (h === NO_HANDLE) continue;
+      const z = handleZspage(h);
       next[id] = head[z]!;
       head[z] = id;
     }
@@ -419,7 +443,7 @@ export class ZsPool {
       this.link(src, FULL);
       for (let id = head[src]!; id >= 0;) {
         const nid = next[id]!;
-        const srcOff = this.objOffset(src, this.objHandle[id]! & IDX_MASK);
+        const srcOff = this.objOffset(src, handleIndex(this.objHandle[id]!));
         let dst = -1;
         for (let g = FULL - 1; g >= 1 && dst < 0; g--) dst = this.groupHead[base + g]!;
         const idx = this.zsFree[dst]!;
@@ -429,7 +453,7 @@ export class ZsPool {
         srcBuf.copy(dstBuf, dstOff, srcOff, srcOff + size);
         this.zsInuse[dst]++;
         this.regroup(dst);
-        this.objHandle[id] = ((dst << IDX_BITS) | idx) >>> 0;
+        this.objHandle[id] = packHandle(dst, idx);
         next[id] = head[dst]!;
         head[dst] = id;
         this.zsInuse[src]--;
@@ -499,8 +523,8 @@ export class ZsPool {
     const counted = new Uint32Array(this.zsHigh);
     for (let id = 0; id < this.objHandle.length; id++) {
       const h = this.objHandle[id]!;
-      if (h === NONE) continue;
-      const z = h >>> IDX_BITS;
+      if (h === NO_HANDLE) continue;
+      const z = handleZspage(h);
       if (z >= this.zsHigh || this.zsArena[z] === NONE) throw new Error(`object ${id} in dead zspage ${z}`);
       counted[z]!++;
     }

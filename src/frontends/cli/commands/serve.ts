@@ -13,6 +13,7 @@
  */
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import type { Command } from 'commander';
 import { PageStore } from '../../../core/page-store.js';
 import { ZdedupError, parseSize } from '../../../core/errors.js';
@@ -40,6 +41,11 @@ export interface ServeConfig {
   codec: string;
   sharedDedup: boolean;
   maxPool: number;
+  acceptThreshold: number;
+  backing: string | null;
+  backingSize: number | undefined;
+  segmentSize: number | undefined;
+  writethrough: boolean;
   logLevel: LogLevel;
 }
 
@@ -55,6 +61,11 @@ interface RawSettings {
   readOnly?: boolean;
   sharedDedup?: boolean;
   maxPool?: string;
+  acceptThreshold?: string;
+  backing?: string;
+  backingSize?: string;
+  segmentSize?: string;
+  writethrough?: boolean;
   logLevel?: string;
   stdio?: boolean;
 }
@@ -70,10 +81,15 @@ const ENV: Record<keyof RawSettings, string> = {
   readOnly: 'ZDEDUP_READ_ONLY',
   sharedDedup: 'ZDEDUP_SHARED_DEDUP',
   maxPool: 'ZDEDUP_MAX_POOL',
+  acceptThreshold: 'ZDEDUP_ACCEPT_THRESHOLD',
+  backing: 'ZDEDUP_BACKING',
+  backingSize: 'ZDEDUP_BACKING_SIZE',
+  segmentSize: 'ZDEDUP_SEGMENT_SIZE',
+  writethrough: 'ZDEDUP_WRITETHROUGH',
   logLevel: 'ZDEDUP_LOG_LEVEL',
   stdio: 'ZDEDUP_STDIO',
 };
-const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio']);
+const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio', 'writethrough']);
 
 const HELP_AFTER = `
 Sizes take K/M/G/T suffixes (binary). Every setting may also come from the environment,
@@ -87,6 +103,11 @@ Examples:
   zdedup serve
       one 1 GiB export named "" on ${DEFAULT_SOCKET}, stats on http://${DEFAULT_HTTP}/stats
   zdedup serve --socket /tmp/z.sock --size 4G --codec zstd:3 --http 127.0.0.1:9000
+  zdedup serve --max-pool 2G --backing /var/lib/zdedup/cold.img --backing-size 32G
+      a RAM pool of at most 2 GiB; its coldest objects move, still compressed, into 4 MiB
+      segments of the backing file (a file or a block device); writes fail only when both are full
+  zdedup serve --max-pool 25% --backing /dev/vdb --writethrough
+      every new object also goes to the disk at once, so evicting it later costs no write
   zdedup serve --export swap:8G --export vm:20G --listen 127.0.0.1:10809
       two exports over a unix socket and TCP; nbdinfo --list 'nbd://127.0.0.1' lists them
   nbdinfo -- [ zdedup serve --stdio --size 64M ]
@@ -117,7 +138,12 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--http <host:port|off>', `HTTP /stats and /metrics (default ${DEFAULT_HTTP}; "off" disables)`)
     .option('--read-only', 'serve every export read-only')
     .option('--shared-dedup', 'deduplicate across exports (default: each export is its own dedup domain)')
-    .option('--max-pool <size>', 'cap the compressed pool; writes beyond it fail with ENOSPC (default unbounded)')
+    .option('--max-pool <size|N%>', 'cap the RAM pool (bytes, or a percentage of RAM); without --backing, writes beyond it fail with ENOSPC (default unbounded)')
+    .option('--accept-threshold <percent>', 'after the pool hits its limit, new objects bypass RAM until writeback brings it to this percent of the limit (default 90)')
+    .option('--backing <path>', 'disk tier: a file (created with --backing-size) or block device that takes cold objects, still compressed, in large segments; its old contents are not kept')
+    .option('--backing-size <size>', 'size to create or resize the --backing file to (a new file needs it)')
+    .option('--segment-size <size>', 'disk tier segment size, a multiple of 4K (default 4M)')
+    .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)')
     .option('--stdio', 'serve one NBD connection on stdin/stdout, then exit (logs stay on stderr)')
     .option('--config <file>', 'JSON file with the same settings (env ZDEDUP_CONFIG)')
     .option('--log-level <level>', 'error | warn | info | debug (default info)')
@@ -169,11 +195,32 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   const http = httpArg === 'off' || httpArg === '' ? null : parseHostPort(httpArg, undefined, '--http');
 
   const maxPoolArg = pick('maxPool');
+  const backing = pick('backing') ?? null;
+  const backingSizeArg = pick('backingSize');
+  const segmentSizeArg = pick('segmentSize');
+  const writethrough = pick('writethrough') === true;
+  const maxPool = maxPoolArg !== undefined ? parsePoolLimit(maxPoolArg) : 0;
+  if (backing === null && (backingSizeArg !== undefined || segmentSizeArg !== undefined || writethrough)) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing-size, --segment-size and --writethrough need --backing PATH');
+  }
+  if (backing !== null && maxPool === 0) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing needs --max-pool: the disk tier takes what does not fit in a bounded RAM pool');
+  }
+  const acceptArg = pick('acceptThreshold');
+  const acceptThreshold = acceptArg !== undefined ? Number(acceptArg) : 90;
+  if (!Number.isFinite(acceptThreshold) || acceptThreshold <= 0 || acceptThreshold > 100) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', `--accept-threshold must be a percentage in (0, 100], got "${String(acceptArg)}"`);
+  }
   return {
     socket, listen, http, stdio, exports, pageSize,
     codec: pick('codec') ?? 'lz4',
     sharedDedup: pick('sharedDedup') === true,
-    maxPool: maxPoolArg !== undefined ? parseSize(maxPoolArg) : 0,
+    maxPool,
+    acceptThreshold,
+    backing,
+    backingSize: backingSizeArg !== undefined ? parseSize(backingSizeArg) : undefined,
+    segmentSize: segmentSizeArg !== undefined ? parseSize(segmentSizeArg) : undefined,
+    writethrough,
     logLevel,
   };
 }
@@ -227,6 +274,15 @@ function fileSettings(path: string): RawSettings {
     }
   }
   return out as RawSettings;
+}
+
+/** --max-pool: a size ("2G") or a percentage of physical RAM ("25%"). */
+export function parsePoolLimit(arg: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(arg);
+  if (m === null) return parseSize(arg);
+  const pct = Number(m[1]);
+  if (!(pct > 0 && pct <= 100)) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--max-pool "${arg}": a percentage must be in (0, 100]`);
+  return Math.floor((os.totalmem() * pct) / 100);
 }
 
 /** "NAME:SIZE" or "NAME:SIZE:ro"; the name may be empty (":1G") and may itself contain colons. */
@@ -286,6 +342,10 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
   const log = new Logger(cfg.logLevel);
   const store = new PageStore({
     pageSize: cfg.pageSize, codec: cfg.codec, sharedDedup: cfg.sharedDedup, maxPoolBytes: cfg.maxPool,
+    acceptThresholdPercent: cfg.acceptThreshold, writethrough: cfg.writethrough,
+    backing: cfg.backing !== null ? { path: cfg.backing, size: cfg.backingSize, segmentSize: cfg.segmentSize } : undefined,
+    background: true, // writeback, cleaning and compaction (src/core/maintenance.ts)
+    events: (level, msg, fields) => log[level](msg, fields),
   });
   const nbd = new NbdServer({ store, pageSize: cfg.pageSize, exports: cfg.exports, log });
 
@@ -299,6 +359,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     log.info('stopping', { why });
     await nbd.close();
     await httpServer?.close();
+    await store.close();
     log.info('stopped', { counters: nbd.counters.toJSON() });
     done(0);
   };
@@ -341,6 +402,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     process.off('SIGINT', onSignal);
     await nbd.close(0);
     await httpServer?.close();
+    await store.close();
     const err = e as NodeJS.ErrnoException;
     if (e instanceof ZdedupError) throw e;
     throw new ZdedupError('ERR_IO', `cannot listen: ${err.message}`, { cause: e });
@@ -349,27 +411,11 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     ...where,
     exports: cfg.exports.map((e) => ({ name: e.name, size: e.size, read_only: e.readOnly === true })),
     page_size: cfg.pageSize, codec: cfg.codec, shared_dedup: cfg.sharedDedup, max_pool: cfg.maxPool,
-    pid: process.pid,
+    accept_threshold: cfg.acceptThreshold, backing: cfg.backing, backing_size: store.stats().backing_size,
+    writethrough: cfg.writethrough, pid: process.pid,
   });
-  // Frees leave sparse zspages behind (swap discards, TRIM); compact when they waste enough, in
-  // bounded steps (tens of ms) spaced so requests keep flowing between them.
-  let compactor: NodeJS.Timeout | undefined;
-  const compactStep = (): void => {
-    const t = process.hrtime.bigint();
-    const r = store.maybeCompact();
-    const worked = r !== null && (r.moved_objects > 0 || r.moved_zspages > 0 || r.freed_arenas > 0);
-    if (worked) log.info('compacted', { ...r, ms: Number(process.hrtime.bigint() - t) / 1e6, pool_total_size: store.stats().pool_total_size });
-    compactor = setTimeout(compactStep, worked ? COMPACT_STEP_GAP_MS : COMPACT_INTERVAL_MS);
-    compactor.unref();
-  };
-  compactor = setTimeout(compactStep, COMPACT_INTERVAL_MS);
-  compactor.unref();
   const code = await finished;
-  clearTimeout(compactor);
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
   return code;
 }
-
-const COMPACT_INTERVAL_MS = 10_000; // how often to check whether compaction is worth it
-const COMPACT_STEP_GAP_MS = 200;     // pause between steps while a compaction is under way

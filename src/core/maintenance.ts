@@ -1,0 +1,163 @@
+/**
+ * Background policy of the page store: writeback, segment cleaning, compaction. The mechanisms
+ * live beside the data they touch (PageStore.evictOldest, DiskTier.clean, ZsPool.compact); this
+ * file decides when to run them and how much at a time. The CLI only starts and stops it.
+ *
+ *   kick() / 1 s timer ──▶ step() ──▶ one bounded piece of work ──▶ setImmediate ──▶ step() ...
+ *                           │ 1. pool over its target?   evict ~1 MiB from the LRU tail, or
+ *                           │                             compact when evictions left holes
+ *                           │ 2. tier short of free segments?  clean the best segment
+ *                           │ 3. pool sparse after frees?      one compaction step
+ *                           └─ nothing to do ──▶ idle until the next kick or tick
+ *
+ * Every step is bounded (about 1 MiB of objects moved, one segment cleaned, one compaction step
+ * of at most 16 Ki objects), and steps are separated by setImmediate, so NBD requests are served
+ * between them: no operation waits for a whole writeback or cleaning pass.
+ *
+ * Policies (measured choices are in docs/ARCHITECTURE.md):
+ * - Writeback target: zswap's hysteresis. Once the pool hits its limit, the writer runs until
+ *   pool_total_size is at or below the accept threshold (90% of the limit by default). Evicting
+ *   objects frees zspage slots, not arenas, so when the objects held in RAM are already below the
+ *   target the writer compacts instead of evicting more.
+ * - Cleaning: LFS cost-benefit, (1 - u) * age / (1 + u) with u = live / used bytes of a sealed
+ *   segment, whenever free segments fall under the tier's low-water mark.
+ * - Compaction: when frees waste more than 8 MiB and 1/8 of the pool (PageStore.maybeCompact).
+ */
+import type { Tier } from '../tiers/tier.js';
+import type { PageStore } from './page-store.js';
+
+export type MaintenanceEvents = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown>) => void;
+
+/** Objects written back per step. */
+const EVICT_STEP_BYTES = 1 << 20;
+/** How often the background timer looks for work. */
+const TICK_MS = 1000;
+/** A writer that found the tier busy waits at most this long before looking again. */
+const BUSY_WAIT_MS = 200;
+
+/** LFS's cost-benefit score of cleaning a segment. */
+export function costBenefit(live: number, used: number, ageSeconds: number): number {
+  const u = used > 0 ? live / used : 0;
+  return ((1 - u) * (ageSeconds + 1)) / (1 + u);
+}
+
+export class Maintenance {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+  private stalled: string | null = null; // the writeback episode being reported, if any
+
+  constructor(
+    private readonly store: PageStore,
+    private readonly tier: Tier | null,
+    private readonly events: MaintenanceEvents,
+    background: boolean,
+  ) {
+    this.setBackground(background);
+  }
+
+  setBackground(on: boolean): void {
+    if (on && this.timer === undefined && !this.stopped) {
+      this.timer = setInterval(() => this.kick(), TICK_MS);
+      this.timer.unref();
+    } else if (!on && this.timer !== undefined) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  /** Something changed (the pool hit its limit, a store is waiting): look for work soon. */
+  kick(): void {
+    if (this.stopped || this.timer === undefined) return;
+    if (this.running) { this.again = true; return; }
+    this.running = this.loop().finally(() => { this.running = null; });
+  }
+
+  /** Runs steps until there is no work left (tests and shutdown). */
+  async settle(): Promise<void> {
+    if (this.running) await this.running;
+    while (!this.stopped && await this.step()) { /* next step */ }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.setBackground(false);
+    this.timer = undefined;
+    if (this.running) await this.running;
+  }
+
+  private async loop(): Promise<void> {
+    do {
+      this.again = false;
+      while (!this.stopped && await this.step()) {
+        await new Promise<void>((r) => setImmediate(r)); // let requests in between steps
+      }
+    } while (this.again && !this.stopped);
+  }
+
+  /** One bounded piece of work; returns true when it did something (call again). */
+  async step(): Promise<boolean> {
+    const s = this.store;
+    const tier = this.tier;
+    try {
+      // 1. Writeback.
+      if (tier !== null && s.poolOverTarget()) {
+        if (s.poolObjectBytes() <= s.poolTargetBytes() * 0.95) {
+          const r = s.compact();
+          if (r.moved_objects > 0 || r.freed_arenas > 0 || r.moved_zspages > 0) return true;
+        }
+        const r = s.evictOldest(EVICT_STEP_BYTES);
+        if (r === 'done') { this.recovered(); return true; }
+        if (r === 'busy') {
+          if (tier.needsCleaning() && await this.cleanOne()) return true;
+          await Promise.race([tier.whenWritable(), new Promise<void>((res) => setTimeout(res, BUSY_WAIT_MS).unref())]);
+          return !this.stopped;
+        }
+        if (r === 'full' || r === 'failed') {
+          if (tier.needsCleaning() && await this.cleanOne()) return true;
+          this.stall(r === 'full' ? 'disk tier full' : 'disk tier failing');
+          return false;
+        }
+        // 'empty': nothing left in RAM to write; fall through to compaction.
+      }
+      // 2. Cleaning.
+      if (tier !== null && tier.needsCleaning() && await this.cleanOne()) return true;
+      // 3. Compaction.
+      const c = s.maybeCompact();
+      if (c !== null && (c.moved_objects > 0 || c.moved_zspages > 0 || c.freed_arenas > 0)) {
+        this.events('info', 'compacted', { ...c, pool_total_size: s.stats().pool_total_size });
+        return true;
+      }
+      return false;
+    } catch (e) {
+      this.events('error', 'maintenance step failed', { cause: e });
+      return false;
+    }
+  }
+
+  private async cleanOne(): Promise<boolean> {
+    const tier = this.tier!;
+    const [seg] = tier.cleaningCandidates(costBenefit, 1);
+    if (seg === undefined) return false;
+    const r = await tier.clean(seg, this.store.cleaningOwner);
+    this.events('debug', 'cleaned segment', { segment: seg, ...r });
+    return r.outcome === 'done' || r.moved_records > 0;
+  }
+
+  /** Logs a writeback stall once per episode. */
+  private stall(why: string): void {
+    if (this.stalled === why) return;
+    this.stalled = why;
+    const st = this.store.stats();
+    this.events('warn', 'writeback stopped: stores that need the disk tier are refused (ENOSPC) until space is freed', {
+      why, pool_total_size: st.pool_total_size, disk_bytes: st.disk_bytes, disk_live_bytes: st.disk_live_bytes,
+    });
+  }
+
+  private recovered(): void {
+    if (this.stalled === null) return;
+    this.events('info', 'writeback resumed', { after: this.stalled });
+    this.stalled = null;
+  }
+}

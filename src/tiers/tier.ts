@@ -1,0 +1,122 @@
+/**
+ * The tier interface: where objects go when they leave the RAM pool (disk segments today; cold
+ * RAM groups and a remote tier later). The core (src/core) speaks only to this interface; it owns
+ * every policy (what to write back, when to clean, what to promote), a tier owns only its bytes.
+ *
+ * An object in a tier is addressed by two u32 words chosen by the tier (the disk tier: segment id
+ * and byte offset of the record in the segment). The core keeps them in its object table and
+ * hands them back; it never interprets them.
+ *
+ * Rules every implementation keeps:
+ * - No call blocks the event loop except the *Sync ones, which exist for the library's
+ *   synchronous API and say so.
+ * - A read never yields bytes that are not exactly what was appended for that object: any doubt
+ *   (I/O error, checksum, a record that is not the expected object) is an ERR_DISK_READ error.
+ * - A location stays readable from the moment append() returns 'ok' until release() — and for a
+ *   read already started, until that read settles, even if the location is released or cleaned
+ *   meanwhile.
+ * - Expected outcomes (busy, full, failed) are results; exceptions are for bugs and I/O errors.
+ */
+
+/** append()'s outcome. Nothing changes in the tier unless it is 'ok'. */
+export type AppendResult =
+  | 'ok'      // stored; the location is in lastW0 / lastW1
+  | 'busy'    // every write buffer is full or being written: retry after whenWritable()
+  | 'full'    // no free space, and cleaning cannot make any until objects are released
+  | 'failed'; // the tier is failing writes (I/O errors); it retries in the background
+
+/** Whether a record found by the cleaner is still wanted, as the core decides. */
+export type Liveness =
+  | 'dead'  // no object points at this record: its space is reclaimed
+  | 'move'  // live and only here: copy it forward, then call relocated()
+  | 'drop'; // live but also held elsewhere (RAM): the core forgot this copy; reclaim it
+
+/** The core's side of cleaning: liveness of records and the new home of moved ones. */
+export interface CleaningOwner {
+  liveness(id: number, w0: number, w1: number): Liveness;
+  relocated(id: number, w0: number, w1: number): void;
+}
+
+export interface CleanResult {
+  /** 'done': the segment is free (or will be once reads on it finish); 'busy': room ran out mid-way, call again later; 'damaged': a record header is unreadable, the segment is left alone. */
+  outcome: 'done' | 'busy' | 'damaged' | 'gone';
+  moved_records: number;
+  moved_bytes: number;
+}
+
+/** Counters and sizes of a tier, under the names /stats shows. */
+export interface TierStats {
+  backing_size: number;
+  disk_bytes: number;
+  disk_live_bytes: number;
+  disk_segments: number;
+  disk_free_segments: number;
+  disk_bytes_written: number;
+  /** Bytes of records appended for new data (writeback, writethrough, stores sent straight to the tier). */
+  disk_record_bytes_appended: number;
+  /** Bytes of live records the cleaner copied forward. */
+  disk_cleaner_bytes_moved: number;
+  cleaned_segments: number;
+  disk_write_errors: number;
+  disk_read_errors: number;
+  disk_reads: number;
+}
+
+export interface Tier {
+  readonly name: string;
+  /** Location of the last successful append (valid until the next append). */
+  lastW0: number;
+  lastW1: number;
+
+  /**
+   * Copies one object's stored bytes (src[off, off+len)) into the tier with the object's id and
+   * fingerprint, and `codec` (0 raw, 1 lz4, 2 zstd) for offline tools. Does no I/O itself: the
+   * bytes go into a write buffer that is written in the background; the record can be read at
+   * once. Never throws for a full or failing tier: see AppendResult.
+   */
+  append(id: number, fpLo: number, fpHi: number, codec: number, src: Uint8Array, off: number, len: number): AppendResult;
+
+  /**
+   * When the record at (w0, w1) still sits in a RAM write buffer, sets locBuf / locOff to its
+   * payload and returns true; else false. Never does I/O. Valid until the next tier call.
+   */
+  locateBuffered(w0: number, w1: number): boolean;
+  locBuf: Uint8Array;
+  locOff: number;
+
+  /**
+   * Reads the record at (w0, w1), checks it is object `id` with `len` payload bytes and this
+   * fingerprint and that its checksum holds, and copies the payload to dst[dstOff, dstOff+len).
+   * Rejects with ZdedupError ERR_DISK_READ otherwise (counted in disk_read_errors).
+   */
+  read(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): Promise<void>;
+
+  /** read(), blocking the thread: for the library's synchronous load/store calls only. */
+  readSync(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): void;
+
+  /** No object refers to the record at (w0, w1) of `len` payload bytes any more. */
+  release(w0: number, w1: number, len: number): void;
+
+  /** Resolves once append() may succeed again (a buffer was written, space was freed, or the tier recovered). */
+  whenWritable(): Promise<void>;
+
+  /** Writes the partly filled write buffer now (idle flush); returns false when there was nothing to write. */
+  sealOpen(): boolean;
+
+  /** Segments that can be cleaned, best first by the caller's score; see DiskTier for the data. */
+  cleaningCandidates(score: (live: number, used: number, ageSeconds: number) => number, max: number): number[];
+
+  /** Cleans one segment: reads it, asks the owner about each record, copies live ones forward. */
+  clean(segment: number, owner: CleaningOwner): Promise<CleanResult>;
+
+  /** True when free segments are few enough that the cleaner should run. */
+  needsCleaning(): boolean;
+
+  stats(): TierStats;
+
+  /** Test hook: flips a byte of the payload of the record at (w0, w1) on the medium. */
+  corruptForTest?(w0: number, w1: number): void;
+
+  /** Waits for writes under way, then closes the medium. Further calls fail with ERR_CLOSED. */
+  close(): Promise<void>;
+}
