@@ -61,35 +61,60 @@ export class NbdExport {
     this.scratch = new Uint8Array(pageSize);
   }
 
-  /** Fills dst (dst.length bytes) with the export's content at `offset`. Throws ERR_DECOMPRESS. */
-  read(offset: number, dst: Uint8Array): void {
+  /**
+   * Fills dst (dst.length bytes) with the export's content at `offset`. Returns synchronously
+   * when every page is in RAM (the fast path); returns a Promise when some page must be read from
+   * a slower tier: dst is complete when it resolves. Throws (or rejects with) ERR_DECOMPRESS /
+   * ERR_IO: no bytes of a failed read are data.
+   */
+  read(offset: number, dst: Uint8Array): void | Promise<void> {
     const ps = this.pageSize;
     const len = dst.length;
     let pos = 0;
     let page = Math.floor(offset / ps);
-    let inPage = offset - page * ps;
+    const inPage = offset - page * ps;
+    let waits: Promise<unknown>[] | null = null;
     if (inPage !== 0 && len > 0) {
+      // A partial first page: load it whole into a buffer of its own (the reply may complete
+      // later, so the export's shared scratch page cannot be used), then copy the part asked for.
       const k = Math.min(ps - inPage, len);
-      this.loadPage(page, this.scratch);
-      dst.set(this.scratch.subarray(inPage, inPage + k), 0);
+      const r = this.loadPartial(page, dst, 0, inPage, k);
+      if (r !== null) (waits ??= []).push(r);
       pos = k;
       page++;
-      inPage = 0;
     }
     const whole = Math.floor((len - pos) / ps);
     if (whole > 0) {
-      this.store.loadBatch(this.area, page, whole, dst.subarray(pos, pos + whole * ps));
+      const r = this.store.startLoadBatch(this.area, page, whole, dst.subarray(pos, pos + whole * ps));
+      if (typeof r !== 'number') (waits ??= []).push(r);
       pos += whole * ps;
       page += whole;
     }
     if (pos < len) {
-      this.loadPage(page, this.scratch);
-      dst.set(this.scratch.subarray(0, len - pos), pos);
+      const r = this.loadPartial(page, dst, pos, 0, len - pos);
+      if (r !== null) (waits ??= []).push(r);
     }
+    if (waits === null) return;
+    return Promise.all(waits).then(() => undefined);
   }
 
-  /** Writes src at `offset`. Returns OK or ENOSPC (store rejected a page). Throws ERR_DECOMPRESS (RMW). */
-  write(offset: number, src: Uint8Array): WireErrno {
+  /** Copies bytes [from, from+k) of page `page` to dst[at..]; null when done now, else a Promise. */
+  private loadPartial(page: number, dst: Uint8Array, at: number, from: number, k: number): Promise<void> | null {
+    if (!this.store.needsTierRead(this.area, page)) {
+      this.loadPage(page, this.scratch);
+      dst.set(this.scratch.subarray(from, from + k), at);
+      return null;
+    }
+    const buf = new Uint8Array(this.pageSize); // one per partial page read from the tier
+    return Promise.resolve(this.store.startLoadBatch(this.area, page, 1, buf)).then(() => { dst.set(buf.subarray(from, from + k), at); });
+  }
+
+  /**
+   * Writes src at `offset`. Returns OK or ENOSPC (store rejected a page), synchronously when the
+   * store could take every page at once, else a Promise (a lower tier must make room or be read
+   * first). `src` must stay untouched until the Promise settles. Throws ERR_DECOMPRESS (RMW).
+   */
+  write(offset: number, src: Uint8Array): WireErrno | Promise<WireErrno> {
     const ps = this.pageSize;
     const len = src.length;
     let pos = 0;
@@ -97,19 +122,58 @@ export class NbdExport {
     const inPage = offset - page * ps;
     if (inPage !== 0 && len > 0) {
       const k = Math.min(ps - inPage, len);
+      if (this.store.needsTierRead(this.area, page)) return this.writeSlow(offset, src);
       const e = this.patchPage(page, inPage, src.subarray(0, k));
+      if (typeof e !== 'number') return e.then((x) => (x !== ERRNO.OK ? x : this.writeSlow(offset + k, src.subarray(k))));
       if (e !== ERRNO.OK) return e;
       pos = k;
       page++;
     }
     const whole = Math.floor((len - pos) / ps);
     if (whole > 0) {
-      const n = this.store.storeBatch(this.area, page, src.subarray(pos, pos + whole * ps));
-      if (n < whole) return errnoForStore(this.store.lastReject ?? 'reject_alloc_fail');
+      const r = this.store.startStoreBatch(this.area, page, src.subarray(pos, pos + whole * ps));
+      if (typeof r !== 'number') return this.writeRest(r, whole, offset + pos + whole * ps, src.subarray(pos + whole * ps));
+      if (r < whole) return errnoForStore(this.store.lastReject);
       pos += whole * ps;
       page += whole;
     }
-    if (pos < len) return this.patchPage(page, 0, src.subarray(pos));
+    if (pos < len) {
+      if (this.store.needsTierRead(this.area, page)) return this.writeSlow(offset + pos, src.subarray(pos));
+      return this.patchPage(page, 0, src.subarray(pos));
+    }
+    return ERRNO.OK;
+  }
+
+  /** The rest of a write after its whole pages went async: wait, then the partial tail page. */
+  private async writeRest(stored: Promise<number>, whole: number, tailOffset: number, tail: Uint8Array): Promise<WireErrno> {
+    if (await stored < whole) return errnoForStore(this.store.lastReject);
+    if (tail.length === 0) return ERRNO.OK;
+    return this.writeSlow(tailOffset, tail);
+  }
+
+  /**
+   * A write that must wait from its start: page by page with the non-blocking store calls, and
+   * read-modify-write of partial pages through loads that may read the tier.
+   */
+  private async writeSlow(offset: number, src: Uint8Array): Promise<WireErrno> {
+    const ps = this.pageSize;
+    const buf = new Uint8Array(ps); // one page per slow write (the shared scratch may be in use by another request meanwhile)
+    let pos = 0;
+    while (pos < src.length) {
+      const page = Math.floor((offset + pos) / ps);
+      const inPage = offset + pos - page * ps;
+      const k = Math.min(ps - inPage, src.length - pos);
+      let n: number;
+      if (k === ps) {
+        n = await this.store.startStoreBatch(this.area, page, src.subarray(pos, pos + ps));
+      } else {
+        if (await this.store.startLoadBatch(this.area, page, 1, buf) === 0) buf.fill(0);
+        buf.set(src.subarray(pos, pos + k), inPage);
+        n = await this.store.startStoreBatch(this.area, page, buf);
+      }
+      if (n < 1) return errnoForStore(this.store.lastReject);
+      pos += k;
+    }
     return ERRNO.OK;
   }
 
@@ -121,25 +185,42 @@ export class NbdExport {
     if (end > first) this.store.invalidateRange(this.area, first, end - first);
   }
 
-  /** Makes [offset, offset+length) read as zeroes. noHole: store zero pages instead of holes. */
-  zero(offset: number, length: number, noHole: boolean): WireErrno {
+  /** Makes [offset, offset+length) read as zeroes. noHole: store zero pages instead of holes. Sync or a Promise, as write(). */
+  zero(offset: number, length: number, noHole: boolean): WireErrno | Promise<WireErrno> {
     const ps = this.pageSize;
     const end = offset + length;
     const first = Math.ceil(offset / ps);
     const last = this.pageEndFloor(end); // exclusive
-    if (last <= first) {
-      // The range lies inside one page (or straddles two without covering either).
-      return this.zeroBytes(offset, end);
+    // Partial edge pages are read-modify-write; when one lives in the tier, the edges go async.
+    const edges: [number, number][] = last <= first ? [[offset, end]] : [[offset, first * ps], [Math.max(last * ps, offset), end]];
+    for (const [from, to] of edges) {
+      if (from < to && this.store.needsTierRead(this.area, Math.floor(from / ps))) {
+        return this.zeroSlow(offset, end, first, last, noHole);
+      }
     }
-    let e = this.zeroBytes(offset, first * ps);
+    if (last <= first) return this.zeroBytes(offset, end); // the range lies inside one page (or straddles two without covering either)
+    const e = this.zeroBytes(offset, first * ps);
+    if (typeof e !== 'number') return e.then((x) => (x !== ERRNO.OK ? x : this.zeroSlow(first * ps, end, first, last, noHole)));
     if (e !== ERRNO.OK) return e;
-    if (noHole) {
-      this.store.storeZeroRange(this.area, first, last - first); // zero pages cost no allocation
-    } else {
-      this.store.invalidateRange(this.area, first, last - first);
+    this.zeroWhole(first, last, noHole);
+    return this.zeroBytes(Math.max(last * ps, offset), end);
+  }
+
+  private zeroWhole(first: number, last: number, noHole: boolean): void {
+    if (noHole) this.store.storeZeroRange(this.area, first, last - first); // zero pages cost no allocation
+    else this.store.invalidateRange(this.area, first, last - first);
+  }
+
+  private async zeroSlow(offset: number, end: number, first: number, last: number, noHole: boolean): Promise<WireErrno> {
+    const ps = this.pageSize;
+    if (last > first) this.zeroWhole(first, last, noHole);
+    const edges: [number, number][] = last <= first ? [[offset, end]] : [[offset, first * ps], [Math.max(last * ps, offset), end]];
+    for (const [from, to] of edges) {
+      if (from >= to) continue;
+      const e = await this.writeSlow(from, new Uint8Array(to - from));
+      if (e !== ERRNO.OK) return e;
     }
-    e = this.zeroBytes(Math.max(last * ps, offset), end);
-    return e;
+    return ERRNO.OK;
   }
 
   /**
@@ -189,19 +270,29 @@ export class NbdExport {
     return Math.floor(end / ps);
   }
 
+  /** Loads a page that is in RAM (callers check needsTierRead first), zero-filling a hole. */
   private loadPage(page: number, into: Uint8Array): void {
     if (this.store.load(this.area, page, into) === 'miss') into.fill(0);
   }
 
-  /** RMW of one page: bytes [inPage, inPage + data.length) become data. */
-  private patchPage(page: number, inPage: number, data: Uint8Array): WireErrno {
+  /**
+   * RMW of one page in RAM: bytes [inPage, inPage + data.length) become data. Returns a Promise
+   * when the store must wait (it then works on its own copy of the page: scratch is shared).
+   */
+  private patchPage(page: number, inPage: number, data: Uint8Array): WireErrno | Promise<WireErrno> {
     this.loadPage(page, this.scratch);
     this.scratch.set(data, inPage);
-    return errnoForStore(this.store.store(this.area, page, this.scratch));
+    return this.storeScratch(page);
   }
 
-  /** Zeroes bytes [from, to) that lie within one page, by RMW; a hole is already zero. */
-  private zeroBytes(from: number, to: number): WireErrno {
+  private storeScratch(page: number): WireErrno | Promise<WireErrno> {
+    const r = this.store.startStoreBatch(this.area, page, this.scratch, true);
+    if (typeof r === 'number') return r === 1 ? ERRNO.OK : errnoForStore(this.store.lastReject);
+    return r.then((n) => (n === 1 ? ERRNO.OK : errnoForStore(this.store.lastReject)));
+  }
+
+  /** Zeroes bytes [from, to) of the pages they touch, by RMW; a hole is already zero. */
+  private zeroBytes(from: number, to: number): WireErrno | Promise<WireErrno> {
     const ps = this.pageSize;
     while (from < to) {
       const page = Math.floor(from / ps);
@@ -209,7 +300,8 @@ export class NbdExport {
       if (this.store.pageKind(this.area, page) !== 0) {
         this.loadPage(page, this.scratch);
         this.scratch.fill(0, from - page * ps, pageEnd - page * ps);
-        const e = errnoForStore(this.store.store(this.area, page, this.scratch));
+        const e = this.storeScratch(page);
+        if (typeof e !== 'number') return e.then((x) => (x !== ERRNO.OK || pageEnd >= to ? x : this.writeSlow(pageEnd, new Uint8Array(to - pageEnd))));
         if (e !== ERRNO.OK) return e;
       }
       from = pageEnd;
