@@ -24,6 +24,8 @@ export const STORE_COUNTERS: ReadonlySet<string> = new Set([
   'verify_mismatch', 'pages_compacted', 'pool_limit_hit', 'reject_alloc_fail', 'decompress_fail',
   'written_back_pages', 'reject_reclaim_fail', 'cleaned_segments', 'disk_write_errors',
   'disk_read_errors', 'disk_loads', 'promoted_pages',
+  // Counted events of the tiering work, named after the list above was written:
+  'evicted_clean_pages', 'pool_bypass_pages', 'writethrough_pages', 'store_waits', 'disk_bytes_written',
 ]);
 
 /** One line per known stat: what it counts (Prometheus HELP, dashboard tooltips). */
@@ -69,6 +71,15 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   disk_loads: 'Loads served from the disk tier',
   promoted_pages: 'Objects brought back from a lower tier into the RAM pool',
   backing_size: 'Size in bytes of the disk tier backing file or device',
+  ram_objects: 'Objects held in the RAM pool',
+  ram_compressed_bytes: 'Sum of the stored lengths of the objects held in the RAM pool',
+  evicted_clean_pages: 'RAM copies dropped because the lower tier already held the object (no write)',
+  pool_bypass_pages: 'New objects stored straight into the lower tier because the RAM pool was full',
+  writethrough_pages: 'New objects also appended to the lower tier at store time (writethrough)',
+  store_waits: 'Stores that waited for the lower tier\'s write buffers',
+  disk_objects: 'Live objects with a copy in the disk tier',
+  disk_free_segments: 'Free segments in the disk tier',
+  disk_bytes_written: 'Bytes written to the disk tier backing (segments, aligned)',
 };
 
 export function storeStatKind(name: string): StatKind {
@@ -108,6 +119,7 @@ export const ERROR_STATS: readonly string[] = [
 /** Stats that show background work moving data between or inside tiers. */
 export const ACTIVITY_STATS: readonly string[] = [
   'written_back_pages', 'promoted_pages', 'disk_loads', 'cleaned_segments', 'pages_compacted',
+  'evicted_clean_pages', 'pool_bypass_pages',
 ];
 
 /**
@@ -118,6 +130,7 @@ export const MEMORY_STATS: readonly (readonly [string, string])[] = [
   ['pool_total_size', 'RAM pool'],
   ['max_pool_bytes', 'RAM pool limit'],
   ['compressed_bytes', 'compressed data'],
+  ['ram_compressed_bytes', 'compressed data in RAM'],
   ['metadata_bytes', 'metadata'],
   ['disk_bytes', 'disk tier'],
   ['disk_live_bytes', 'disk tier, live'],

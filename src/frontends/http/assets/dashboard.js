@@ -8,7 +8,7 @@
 // series (the chart is rebuilt with the history it already has).
 //
 // For tests and the curious, window.zdedupDashboard exposes { frames, last, charts } where
-// charts[name] = { series: [labels], points: number }.
+// charts[name] = { series: [labels], points: number } and data(name) = [times, ...series].
 import * as M from '/assets/stat-model.js';
 
 const HISTORY = 600;            // frames kept (10 minutes at one a second)
@@ -23,7 +23,13 @@ const state = {
   cols: new Map(),      // series key -> values aligned with times
   charts: {},           // name -> { plot, keys, labels }
 };
-window.zdedupDashboard = { get frames() { return state.frames; }, get last() { return state.last; }, charts: {} };
+window.zdedupDashboard = {
+  get frames() { return state.frames; },
+  get last() { return state.last; },
+  charts: {},
+  /** A chart's data as uPlot holds it: [times, ...one array per series]. */
+  data: (name) => (state.charts[name] ? dataFor(state.charts[name].keys) : null),
+};
 
 // ---- series: what each chart draws, computed from a frame and the one before it -------------
 
@@ -84,6 +90,9 @@ const CHART_UNITS = {
   latency: 'seconds', activity: 'rate', errors: 'rate',
 };
 
+/** The least top of a chart's y axis, so an idle chart shows a sensible scale instead of 0..1e-9. */
+const Y_FLOOR = { ratio: 1, count: 1, bytes: 1024, 'bytes/s': 1024, rate: 1, seconds: 1e-4 };
+
 function fmt(unit, v) {
   if (v === null || v === undefined) return '-';
   switch (unit) {
@@ -117,8 +126,8 @@ function buildChart(name, keys, labels) {
         value: (u, v) => fmt(unit, v),
       })),
     ],
-    axes: [{}, { size: 70, values: (u, ticks) => ticks.map((v) => fmt(unit, v)) }],
-    scales: { x: { time: true }, y: { range: (u, min, max) => [Math.min(0, min ?? 0), Math.max(max ?? 1, unit === 'ratio' ? 1 : 1e-9) * 1.05] } },
+    axes: [{}, { size: 86, values: (u, ticks) => ticks.map((v) => fmt(unit, v)) }],
+    scales: { x: { time: true }, y: { range: (u, min, max) => [Math.min(0, min ?? 0), Math.max(max ?? 0, Y_FLOOR[unit] ?? 1) * 1.05] } },
     legend: { live: true },
   };
   const plot = new uPlot(opts, dataFor(keys), el);
@@ -141,6 +150,9 @@ function redraw(current) {
     const have = state.charts[name];
     if (!have || have.keys.join('|') !== want.keys.join('|')) buildChart(name, want.keys, want.labels);
     else have.plot.setData(dataFor(have.keys));
+    // Outside a hover, the legend shows the newest values.
+    const plot = state.charts[name].plot;
+    if (!(plot.cursor.left >= 0) && state.times.length > 0) plot.setLegend({ idx: state.times.length - 1 });
     window.zdedupDashboard.charts[name] = { series: want.labels, points: state.times.length };
   }
 }
