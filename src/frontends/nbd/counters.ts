@@ -2,8 +2,56 @@
  * Server counters: one field per outcome and reason, shared by every connection of a server and
  * shown under the same names in /stats (JSON) and /metrics (zdedup_nbd_<name>). Plain numbers in
  * one object: incrementing them costs no allocation.
+ *
+ * Latency: one fixed-bucket histogram per kind of request, counts in a typed array, so recording a
+ * request is a short scan and two additions (no allocation). Service time runs from the moment the
+ * request is complete in the parser (header parsed; for a WRITE, its payload received too, so a
+ * slow sender does not count as server time) to the moment its reply is queued on the socket.
+ *
+ *   read_ram   READ answered synchronously (every page in RAM; also its errors)
+ *   read_tier  READ whose export call returned a Promise (a page had to come from a lower tier)
+ *   write      WRITE and WRITE_ZEROES, synchronous or not
+ *   other      FLUSH, TRIM, CACHE, BLOCK_STATUS, and requests refused by validation
+ *
+ * JSON shape (toJSON().latency.<name>), read by the dashboard and turned into Prometheus histograms:
+ *   { buckets: number[]      upper bounds in seconds, ascending (LATENCY_BOUNDS: 10 µs .. 10 s)
+ *     counts: number[]       per bucket, NOT cumulative: counts[i] = requests with
+ *                            buckets[i-1] < t <= buckets[i]; one more entry than `buckets`, the last
+ *                            holding requests slower than the last bound (Prometheus' +Inf)
+ *     sum_seconds: number    total service time
+ *     count: number }        requests recorded (= the sum of `counts`)
  */
 import { CMD_NAMES, ERRNO_NAMES } from './protocol.js';
+
+/** Histogram upper bounds in seconds: 1 / 2.5 / 5 per decade from 10 µs to 10 s. */
+export const LATENCY_BOUNDS: readonly number[] = [
+  10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
+  1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
+  0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
+const BOUNDS = Float64Array.from(LATENCY_BOUNDS);
+
+/** A fixed-bucket latency histogram (see the file comment for the JSON shape). */
+export class LatencyHistogram {
+  /** counts[i] for bound i; counts[BOUNDS.length] = slower than the last bound. */
+  readonly counts = new Float64Array(BOUNDS.length + 1);
+  sum_seconds = 0;
+  count = 0;
+
+  /** Records one request that took `seconds`. */
+  observe(seconds: number): void {
+    let i = 0;
+    // Linear from the fast end: RAM hits land in the first few buckets.
+    while (i < BOUNDS.length && seconds > BOUNDS[i]!) i++;
+    this.counts[i]!++;
+    this.sum_seconds += seconds;
+    this.count++;
+  }
+
+  toJSON(): { buckets: number[]; counts: number[]; sum_seconds: number; count: number } {
+    return { buckets: [...LATENCY_BOUNDS], counts: Array.from(this.counts), sum_seconds: this.sum_seconds, count: this.count };
+  }
+}
 
 export class NbdCounters {
   connections_accepted = 0;    // sockets accepted (all listeners, stdio counts as one)
@@ -21,6 +69,13 @@ export class NbdCounters {
   readonly requests = new Float64Array(CMD_NAMES.length + 1);
   /** Error replies by wire errno name (EINVAL, ENOSPC, ...). */
   readonly errors: Record<string, number> = {};
+  /** Service time per kind of request (see the file comment). */
+  readonly latency = {
+    read_ram: new LatencyHistogram(),
+    read_tier: new LatencyHistogram(),
+    write: new LatencyHistogram(),
+    other: new LatencyHistogram(),
+  } as const;
 
   countRequest(type: number): void {
     this.requests_total++;
@@ -52,6 +107,12 @@ export class NbdCounters {
       bytes_written: this.bytes_written,
       requests: byCmd,
       errors: { ...this.errors },
+      latency: {
+        read_ram: this.latency.read_ram.toJSON(),
+        read_tier: this.latency.read_tier.toJSON(),
+        write: this.latency.write.toJSON(),
+        other: this.latency.other.toJSON(),
+      },
     };
   }
 }
