@@ -185,7 +185,7 @@ describe('NbdExport against a byte model (real PageStore)', () => {
     for (; p < 1024 && errno === ERRNO.OK; p++) {
       const page = new Uint8Array(PS);
       for (let i = 0; i < PS; i++) page[i] = (i * 7 + p * 131 + (i >> 3) * p) & 0xff;
-      errno = e.write(p * PS, page);
+      errno = e.write(p * PS, page) as number; // RAM-only store: synchronous
     }
     assert.equal(errno, ERRNO.ENOSPC, 'the pool limit surfaces as ENOSPC');
     const back = new Uint8Array(PS);

@@ -7,9 +7,18 @@
  *                                   │ GO / EXPORT_NAME
  *                                   ▼
  *                              REQ_HEADER ⇄ REQ_PAYLOAD (valid WRITE) / REQ_DRAIN (invalid WRITE)
- *                                   │ DISC, protocol error, client gone, server shutdown
+ *                                   │ DISC, protocol error, client half-close, server shutdown
  *                                   ▼
- *                                 CLOSED
+ *                               CLOSING  (only while requests are in flight: no more parsing,
+ *                                   │     their replies still go out)
+ *                                   ▼ last in-flight reply queued (or at once when none)
+ *                                 CLOSED ◀── client gone / stream error, from any state
+ *
+ * A request is executed as soon as it is complete. When the export answers synchronously (every
+ * page in RAM: the fast path) the reply is queued at once, exactly as if the store were all there
+ * is. When it returns a Promise (a page on a slower tier), the request is "in flight": the fields
+ * its reply needs (cookie, type, flags, offset, length) are copied into an InFlight record, since
+ * `req` and `hdr` belong to the next request, and the reply is queued when the Promise settles.
  *
  * Invariants:
  * - Bytes are consumed only in whole protocol units; a unit that has not fully arrived stays in the
@@ -18,19 +27,35 @@
  *   up to MAX_OPTION_DATA (longer is skipped and refused), a WRITE payload only up to MAX_PAYLOAD
  *   after validation (an invalid WRITE's payload is drained without buffering, any length), and a
  *   READ reply is allocated only after validation.
- * - Requests are executed in arrival order, each to completion (the store is synchronous), and
- *   each reply is queued before the next request is parsed. Replies to pipelined requests are
- *   batched with cork/uncork into few writes.
+ * - Requests start in arrival order. A synchronous one is answered before the next is parsed;
+ *   replies to pipelined requests are batched with cork/uncork into few writes.
+ * - Replies go out in completion order, not arrival order; clients match them by cookie (the
+ *   protocol allows it). Every fully received request gets exactly one reply unless the client
+ *   is gone.
+ * - At most MAX_IN_FLIGHT requests are in flight per connection. At the bound the parser stops
+ *   and the input is paused, as for output backpressure; the next completion resumes it.
+ * - Ordering rule: only READs overlap. A WRITE or WRITE_ZEROES that goes in flight stops the
+ *   parser until it settles, so nothing received after it is reordered around it, and its payload
+ *   (possibly a view of payloadScratch or of a socket chunk) is not reused while the export reads
+ *   it. READs received before such a write may still be in flight while it runs; the protocol
+ *   leaves the result of overlapping, unanswered requests open.
+ * - FLUSH is answered only when every write received before it has completed. It follows from
+ *   the rule above (a FLUSH is never parsed while a write is in flight) and is checked anyway.
+ * - Closing (DISC, client half-close, protocol error, server shutdown) waits in CLOSING until
+ *   every in-flight request is answered. Once the client is gone (state CLOSED), completions are
+ *   dropped without touching the socket.
  * - Backpressure: once more than OUTPUT_HIGH_WATER bytes of replies are waiting in the socket, the
  *   parser stops and the input is paused until 'drain'. Memory per connection is therefore bounded
- *   by one socket read + one request (≤ 32 MiB payload) + OUTPUT_HIGH_WATER + one reply.
- * - Stores are applied before their reply is sent, so FLUSH and FUA need no work and their effects
- *   are visible to every connection of the export at reply time (what CAN_MULTI_CONN promises).
+ *   by one socket read + one request (≤ 32 MiB payload) + OUTPUT_HIGH_WATER + one reply, plus the
+ *   reply buffers of in-flight READs (≤ MAX_IN_FLIGHT of them, each ≤ 32 MiB).
+ * - Stores are applied before their reply is sent (a write in flight is not answered until its
+ *   Promise settles), so FLUSH and FUA need no work and their effects are visible to every
+ *   connection of the export at reply time (what CAN_MULTI_CONN promises).
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import { ByteQueue } from './byte-queue.js';
-import type { NbdCounters } from './counters.js';
+import type { LatencyHistogram, NbdCounters } from './counters.js';
 import type { NbdExport } from './export.js';
 import { Negotiator, type ExportDirectory } from './handshake.js';
 import {
@@ -49,6 +74,7 @@ export const State = {
   REQ_HEADER: 'req_header',
   REQ_PAYLOAD: 'req_payload',
   REQ_DRAIN: 'req_drain',
+  CLOSING: 'closing',
   CLOSED: 'closed',
 } as const;
 export type State = typeof State[keyof typeof State];
@@ -59,6 +85,12 @@ const OUTPUT_HIGH_WATER = 4 * 1024 * 1024;
 const LOG_BUDGET = 10;
 /** WRITE payloads up to this size that span socket reads are assembled in a reused buffer. */
 const PAYLOAD_SCRATCH = 256 * 1024;
+/**
+ * Requests in flight (export call returned a Promise, reply not queued yet) per connection. At
+ * this many the parser stops until one completes. 16 is nbdkit's default thread count per
+ * connection; clients pipeline deeper (the kernel 128, nbdcopy 64) and simply wait.
+ */
+export const MAX_IN_FLIGHT = 16;
 
 /** What a connection needs from its server. */
 export interface ConnectionHost extends ExportDirectory {
@@ -74,6 +106,22 @@ let extentScratch: Uint32Array | undefined;
 
 const ZERO_PADDING = Buffer.alloc(124);
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * A request in flight: what its reply needs, copied out of the connection's `req`. Records are
+ * reused (a connection never holds more than MAX_IN_FLIGHT of them).
+ */
+class InFlight implements RequestHeader {
+  flags = 0;
+  type = 0;
+  readonly cookie = Buffer.alloc(8);
+  offset = 0;
+  length = 0;
+  /** performance.now() when the request was complete (service time starts there). */
+  start = 0;
+  /** READ: the reply buffer the export is filling (header already encoded). */
+  reply: Buffer | undefined = undefined;
+}
 
 export class NbdConnection {
   state: State = State.CLIENT_FLAGS;
@@ -91,6 +139,16 @@ export class NbdConnection {
   private readonly req: RequestHeader = { flags: 0, type: 0, cookie: Buffer.alloc(8), offset: 0, length: 0 };
   private pendingErrno: WireErrno = ERRNO.OK;
   private payloadScratch: Buffer | undefined;
+  /** performance.now() when the current request was complete. */
+  private reqStart = 0;
+
+  // Requests in flight (see the ordering rule in the header).
+  private inFlight = 0;
+  /** WRITE / WRITE_ZEROES in flight: 0 or 1, since one stops the parser. */
+  private writesInFlight = 0;
+  private readonly spare: InFlight[] = [];
+  /** Why the connection is in CLOSING (logged when it finally closes). */
+  private closeWhy = '';
 
   private blocked = false;
   private inputEnded = false;
@@ -118,6 +176,7 @@ export class NbdConnection {
     c.connections_accepted++;
     c.connections_active++;
     this.input.on('data', (chunk: Buffer) => {
+      if (this.ending()) return; // nothing more is parsed once closing
       this.queue.push(chunk);
       this.pump();
     });
@@ -137,16 +196,17 @@ export class NbdConnection {
   }
 
   /**
-   * Graceful stop: answer every request already received in full, then close. A request that is
-   * half received is abandoned when the client sends nothing more (the server's shutdown timer
-   * destroys the connection).
+   * Graceful stop: answer every request already received in full (in flight or still queued),
+   * then close. A request that is half received is abandoned when the client sends nothing more
+   * (the server's shutdown timer destroys the connection).
    */
   shutdown(): void {
-    if (this.state === State.CLOSED) return;
+    if (this.ending()) return;
     this.shuttingDown = true;
     if (this.state !== State.REQ_PAYLOAD && this.state !== State.REQ_DRAIN) {
       this.pump();
-      if (!this.isClosed() && !this.blocked) this.finish('server shutdown');
+      // Blocked or parked: pump() finishes once it has caught up (after 'drain' or a completion).
+      if (!this.ending() && !this.blocked && !this.parked()) this.finish('server shutdown');
     }
   }
 
@@ -160,17 +220,17 @@ export class NbdConnection {
 
   /** Runs the state machine over queued input until it needs more bytes, blocks, or closes. */
   private pump(): void {
-    if (this.pumping || this.state === State.CLOSED) return;
+    if (this.pumping || this.ending()) return;
     this.pumping = true;
     this.output.cork();
     try {
-      while (!this.blocked && !this.isClosed() && this.step()) { /* next unit */ }
+      while (!this.blocked && !this.parked() && !this.ending() && this.step()) { /* next unit */ }
     } finally {
       this.pumping = false;
       this.output.uncork();
     }
-    if (this.isClosed()) return;
-    if (this.blocked) this.input.pause();
+    if (this.ending()) return;
+    if (this.blocked || this.parked()) this.input.pause();
     else if (this.inputEnded) this.endAfterInput();
     else if (this.shuttingDown && this.state !== State.REQ_PAYLOAD && this.state !== State.REQ_DRAIN) this.finish('server shutdown');
     else this.input.resume();
@@ -220,6 +280,7 @@ export class NbdConnection {
       case State.REQ_PAYLOAD: {
         const r = this.req;
         if (q.length < r.length) return false;
+        this.reqStart = performance.now();
         if (r.length > PAYLOAD_SCRATCH) {
           this.execute(q.take(r.length));
         } else {
@@ -232,10 +293,13 @@ export class NbdConnection {
       case State.REQ_DRAIN: {
         this.skipLeft -= q.skip(this.skipLeft);
         if (this.skipLeft > 0) return false;
+        this.reqStart = performance.now();
         this.replyError(this.pendingErrno);
+        this.observe(this.host.counters.latency.other);
         this.state = State.REQ_HEADER;
         return true;
       }
+      case State.CLOSING:
       case State.CLOSED:
         return false;
     }
@@ -289,6 +353,7 @@ export class NbdConnection {
     h.copy(r.cookie as Buffer, 0, 8, 16);
     r.offset = readOffset(h, 16);
     r.length = h.readUInt32BE(24);
+    this.reqStart = performance.now();
     this.host.counters.countRequest(r.type);
     if (this.log.debugEnabled) {
       this.log.debug('request', { cmd: CMD_NAMES[r.type] ?? r.type, flags: r.flags, offset: r.offset, length: r.length });
@@ -301,7 +366,10 @@ export class NbdConnection {
     if (r.type === CMD.WRITE) {
       if (errno === ERRNO.OK) {
         this.state = r.length === 0 ? State.REQ_HEADER : State.REQ_PAYLOAD;
-        if (r.length === 0) this.replyOk();
+        if (r.length === 0) {
+          this.replyOk();
+          this.observe(this.host.counters.latency.write);
+        }
       } else {
         this.pendingErrno = errno;
         this.skipLeft = r.length;
@@ -309,62 +377,172 @@ export class NbdConnection {
       }
       return true;
     }
-    if (errno !== ERRNO.OK) this.replyError(errno);
-    else this.execute(EMPTY);
+    if (errno !== ERRNO.OK) {
+      this.replyError(errno);
+      this.observe(this.host.counters.latency.other);
+    } else {
+      this.execute(EMPTY);
+    }
     return true;
   }
 
   // ---- commands -----------------------------------------------------------------------------
 
-  /** Runs a validated request (payload: the WRITE data, else empty) and queues its reply. */
+  /**
+   * Runs a validated request (payload: the WRITE data, else empty). A synchronous answer is
+   * replied to at once; a Promise puts the request in flight (startInFlight).
+   */
   private execute(payload: Buffer): void {
     const r = this.req;
     const e = this.exp!;
+    const lat = this.host.counters.latency;
+    let hist = lat.other;
     try {
       switch (r.type) {
-        case CMD.READ: return this.read(e);
+        case CMD.READ:
+          hist = lat.read_ram;
+          if (!this.read(e)) return; // in flight
+          break;
         case CMD.WRITE: {
-          const errno = e.write(r.offset, payload);
-          if (errno === ERRNO.OK) this.host.counters.bytes_written += payload.length;
-          return this.replyStatus(errno);
+          hist = lat.write;
+          const res = e.write(r.offset, payload);
+          if (typeof res !== 'number') return this.startInFlight(res, undefined);
+          this.writeDone(r, res);
+          break;
         }
-        case CMD.FLUSH:  // every store is applied before its reply: nothing is pending
+        case CMD.FLUSH:
+          // Every write received before this FLUSH has completed: a synchronous one is applied
+          // before its reply, and the parser does not run while one is in flight (parked()).
+          // Checked, because answering a FLUSH early would lie about durability.
+          if (this.writesInFlight !== 0) throw new Error(`FLUSH parsed with ${this.writesInFlight} write(s) in flight`);
+          this.replyOk();
+          break;
         case CMD.CACHE:  // the whole export is in memory already
-          return this.replyOk();
+          this.replyOk();
+          break;
         case CMD.TRIM:
           e.trim(r.offset, r.length);
-          return this.replyOk();
-        case CMD.WRITE_ZEROES:
-          return this.replyStatus(e.zero(r.offset, r.length, (r.flags & CMDF.NO_HOLE) !== 0));
-        case CMD.BLOCK_STATUS: return this.blockStatus(e);
+          this.replyOk();
+          break;
+        case CMD.WRITE_ZEROES: {
+          hist = lat.write;
+          const res = e.zero(r.offset, r.length, (r.flags & CMDF.NO_HOLE) !== 0);
+          if (typeof res !== 'number') return this.startInFlight(res, undefined);
+          this.replyStatus(res);
+          break;
+        }
+        case CMD.BLOCK_STATUS:
+          this.blockStatus(e);
+          break;
         default:
-          return this.replyError(ERRNO.EINVAL); // unreachable: validateRequest refuses unknown types
+          this.replyError(ERRNO.EINVAL); // unreachable: validateRequest refuses unknown types
       }
     } catch (err) {
       this.replyError(errnoForError(err, this.log, { cmd: CMD_NAMES[r.type] ?? String(r.type), offset: r.offset, length: r.length }), true);
     }
+    this.observe(hist);
   }
 
-  private read(e: NbdExport): void {
+  /** Queues a READ's reply, or puts it in flight; returns false when it is in flight. */
+  private read(e: NbdExport): boolean {
     const r = this.req;
+    let b: Buffer;
+    let dst: Buffer;
     if (this.ctx.structured) {
       if (r.length === 0) {
         this.send(encodeChunk(CHUNK_FLAG_DONE, CHUNK.NONE, r.cookie, 0));
-        return;
+        return true;
       }
       // One OFFSET_DATA chunk covering the whole request (so DF is always honoured).
-      const b = encodeChunk(CHUNK_FLAG_DONE, CHUNK.OFFSET_DATA, r.cookie, 8 + r.length);
+      b = encodeChunk(CHUNK_FLAG_DONE, CHUNK.OFFSET_DATA, r.cookie, 8 + r.length);
       b.writeUInt32BE(Math.floor(r.offset / 0x100000000), CHUNK_HEADER_SIZE);
       b.writeUInt32BE(r.offset >>> 0, CHUNK_HEADER_SIZE + 4);
-      e.read(r.offset, b.subarray(CHUNK_HEADER_SIZE + 8));
-      this.host.counters.bytes_read += r.length;
-      this.send(b);
-      return;
+      dst = b.subarray(CHUNK_HEADER_SIZE + 8);
+    } else {
+      b = encodeSimpleReply(0, r.cookie, r.length);
+      dst = b.subarray(SIMPLE_REPLY_SIZE);
     }
-    const b = encodeSimpleReply(0, r.cookie, r.length);
-    e.read(r.offset, b.subarray(SIMPLE_REPLY_SIZE));
+    const res = e.read(r.offset, dst);
+    if (res !== undefined) {
+      this.startInFlight(res as Promise<void>, b);
+      return false;
+    }
+    this.readDone(r, b);
+    return true;
+  }
+
+  private readDone(r: RequestHeader, reply: Buffer): void {
     this.host.counters.bytes_read += r.length;
-    this.send(b);
+    this.send(reply);
+  }
+
+  private writeDone(r: RequestHeader, errno: WireErrno): void {
+    if (errno === ERRNO.OK) this.host.counters.bytes_written += r.length;
+    this.replyStatus(errno, r);
+  }
+
+  // ---- requests in flight -------------------------------------------------------------------
+
+  /** The parser must wait: at the in-flight bound, or behind a write in flight (ordering rule). */
+  private parked(): boolean {
+    return this.inFlight >= MAX_IN_FLIGHT || this.writesInFlight !== 0;
+  }
+
+  /** Copies what the reply needs out of `req` and answers when `pending` settles. */
+  private startInFlight(pending: Promise<unknown>, reply: Buffer | undefined): void {
+    const r = this.req;
+    const p = this.spare.pop() ?? new InFlight();
+    p.flags = r.flags;
+    p.type = r.type;
+    p.cookie.set(r.cookie);
+    p.offset = r.offset;
+    p.length = r.length;
+    p.start = this.reqStart;
+    p.reply = reply;
+    this.inFlight++;
+    if (r.type !== CMD.READ) this.writesInFlight++;
+    pending.then((v) => this.settle(p, v, undefined, false), (err: unknown) => this.settle(p, undefined, err, true));
+  }
+
+  /**
+   * An in-flight request settled: queue its reply (unless the client is gone), then either resume
+   * the parser or, in CLOSING, close once nothing is left in flight. Never throws (it runs in a
+   * Promise callback, where a throw would be an unhandled rejection).
+   */
+  private settle(p: InFlight, value: unknown, err: unknown, failed: boolean): void {
+    this.inFlight--;
+    if (p.type !== CMD.READ) this.writesInFlight--;
+    try {
+      const what = { cmd: CMD_NAMES[p.type] ?? String(p.type), offset: p.offset, length: p.length };
+      if (this.isClosed()) {
+        // The client is gone: nothing to answer. A failure is still a failure of the store.
+        if (failed) errnoForError(err, this.log, what);
+        else this.log.debug('reply dropped, connection closed', what);
+      } else {
+        if (failed) this.replyError(errnoForError(err, this.log, what), true, p);
+        else if (p.type === CMD.READ) this.readDone(p, p.reply!);
+        else if (p.type === CMD.WRITE) this.writeDone(p, value as WireErrno);
+        else this.replyStatus(value as WireErrno, p);
+        const lat = this.host.counters.latency;
+        this.observe(p.type === CMD.READ ? lat.read_tier : lat.write, p.start);
+      }
+    } catch (e) {
+      this.log.error('internal error completing a request', { cause: e });
+      this.state = State.CLOSED;
+      this.destroy();
+    }
+    p.reply = undefined;
+    this.spare.push(p);
+    if (this.state === State.CLOSING) {
+      if (this.inFlight === 0) this.close(this.closeWhy);
+    } else if (!this.isClosed()) {
+      this.pump(); // the parser may have been parked on this request
+    }
+  }
+
+  /** Records the service time of a request complete at `start` whose reply was just queued. */
+  private observe(h: LatencyHistogram, start = this.reqStart): void {
+    h.observe((performance.now() - start) / 1000);
   }
 
   private blockStatus(e: NbdExport): void {
@@ -379,13 +557,14 @@ export class NbdConnection {
 
   // ---- replies ------------------------------------------------------------------------------
 
-  private replyOk(): void {
-    this.send(encodeSimpleReply(ERRNO.OK, this.req.cookie));
+  // `r`: the request answered, `req` unless it was in flight.
+  private replyOk(r: RequestHeader = this.req): void {
+    this.send(encodeSimpleReply(ERRNO.OK, r.cookie));
   }
 
-  private replyStatus(errno: WireErrno): void {
-    if (errno === ERRNO.OK) this.replyOk();
-    else this.replyError(errno, true);
+  private replyStatus(errno: WireErrno, r: RequestHeader = this.req): void {
+    if (errno === ERRNO.OK) this.replyOk(r);
+    else this.replyError(errno, true, r);
   }
 
   /**
@@ -393,8 +572,7 @@ export class NbdConnection {
    * BLOCK_STATUS once structured replies are on), else a simple reply. `logged`: the cause was
    * already logged (store failures), so only count it.
    */
-  private replyError(errno: WireErrno, logged = false): void {
-    const r = this.req;
+  private replyError(errno: WireErrno, logged = false, r: RequestHeader = this.req): void {
     this.host.counters.countError(errno);
     if (!logged) {
       this.note('request refused', {
@@ -411,6 +589,8 @@ export class NbdConnection {
 
   /** The state, read through a call so TypeScript does not narrow it across calls that change it. */
   private isClosed(): boolean { return this.state === State.CLOSED; }
+  /** No more requests are parsed: CLOSING (in-flight replies still go out) or CLOSED. */
+  private ending(): boolean { return this.state === State.CLOSING || this.state === State.CLOSED; }
 
   private send(b: Buffer): void {
     if (this.state === State.CLOSED || !this.output.writable) return;
@@ -428,12 +608,26 @@ export class NbdConnection {
     return false;
   }
 
-  /** Flushes queued replies, then closes both streams. */
+  /**
+   * Stops parsing (unparsed input is discarded) and closes; with requests in flight, waits in
+   * CLOSING until the last of them is answered (settle() then calls close()).
+   */
   private finish(why: string): void {
-    if (this.state === State.CLOSED) return;
-    this.state = State.CLOSED;
+    if (this.ending()) return;
     this.queue.clear();
     this.input.pause();
+    if (this.inFlight > 0) {
+      this.state = State.CLOSING;
+      this.closeWhy = why;
+      this.log.debug('closing after in-flight replies', { why, in_flight: this.inFlight });
+      return;
+    }
+    this.close(why);
+  }
+
+  /** Flushes queued replies, then closes both streams. */
+  private close(why: string): void {
+    this.state = State.CLOSED;
     this.log.debug('closing', { why });
     const out = this.output;
     if (out.writable) {
@@ -445,11 +639,13 @@ export class NbdConnection {
 
   /**
    * The client closed its sending side. Requests it sent in full are still answered: if replies
-   * are backed up, the parser finishes after 'drain' (pump() calls endAfterInput()).
+   * are backed up or the parser is parked behind requests in flight, it finishes after 'drain' or
+   * the completion (pump() calls endAfterInput()); requests still in flight then are answered in
+   * CLOSING before the close.
    */
   private onInputEnd(): void {
     this.inputEnded = true;
-    if (this.state === State.CLOSED || this.blocked) return;
+    if (this.ending() || this.blocked || this.parked()) return; // pump() ends it once caught up
     this.pump();
   }
 
