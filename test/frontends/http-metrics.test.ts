@@ -8,16 +8,17 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { PageStore } from '../../src/core/page-store.js';
 import { StatsHttpServer } from '../../src/frontends/http/server.js';
-import { STORE_COUNTERS, promStoreName } from '../../src/frontends/http/stat-model.js';
+import { STORE_COUNTERS, STORE_HELP, promStoreName } from '../../src/frontends/http/stat-model.js';
 import { Logger } from '../../src/frontends/log.js';
 import { NbdServer } from '../../src/frontends/nbd/server.js';
+import { REPO } from '../integration/nbd/harness.js';
 import { RawClient } from '../integration/nbd/raw-client.js';
 
 interface Family { name: string; help: string; type: string; metrics: { value?: string; labels?: Record<string, string> }[] }
@@ -174,5 +175,24 @@ print(json.dumps(out))
       assert.ok(Math.abs(sum! - want.sum_seconds) < 1e-9, `${kind}: sum = /stats`);
     }
     assert.ok(doc.nbd.latency.write!.count > 0, 'the writes of the first test were timed');
+  });
+
+  test('every metric the Grafana dashboard queries is served (or is a tier stat this store does not report yet)', async () => {
+    const board = JSON.parse(readFileSync(join(REPO, 'contrib/grafana/zdedup.json'), 'utf8')) as { panels: { title: string; targets: { expr: string }[] }[] };
+    const served = new Set(parse(await scrape()).map((f) => f.name));
+    const tierStats = new Set(Object.keys(STORE_HELP).map(promStoreName));
+    const used = new Set<string>();
+    for (const p of board.panels) {
+      assert.ok(p.targets.length > 0, `panel ${p.title} has queries`);
+      for (const t of p.targets) for (const m of t.expr.matchAll(/\bzdedup_[a-z0-9_]+/g)) used.add(m[0]);
+    }
+    assert.ok(used.size > 20);
+    for (const name of used) {
+      const family = name.replace(/_bucket$/, '');
+      assert.ok(served.has(family) || tierStats.has(name), `${name} (Grafana) is neither served by /metrics nor a known store stat`);
+    }
+    for (const must of ['zdedup_store_calls_total', 'zdedup_nbd_request_duration_seconds_bucket', 'zdedup_written_back_pages_total', 'zdedup_pool_total_size_bytes']) {
+      assert.ok(used.has(must), `the board shows ${must}`);
+    }
   });
 });

@@ -136,11 +136,30 @@ export const MEMORY_STATS: readonly (readonly [string, string])[] = [
   ['disk_live_bytes', 'disk tier, live'],
 ];
 
+/**
+ * Whether a disk tier is configured: backing_size > 0 when the store reports it, else any disk_
+ * stat at all. Without one the disk_* stats (all zero) and cleaned_segments are left out of the
+ * live views, not out of /stats or /metrics.
+ */
+export function hasDiskTier(store: Record<string, unknown>): boolean {
+  if (typeof store.backing_size === 'number') return store.backing_size > 0;
+  return Object.keys(store).some((k) => k.startsWith('disk_'));
+}
+
+/** `names` without the disk tier's stats when there is no disk tier. */
+export function withoutAbsentTier(names: readonly string[], store: Record<string, unknown>): string[] {
+  if (hasDiskTier(store)) return [...names];
+  return names.filter((k) => !k.startsWith('disk_') && k !== 'cleaned_segments');
+}
+
 /** The memory stats present in a store snapshot, tier stats of later tiers included. */
 export function memoryStats(store: Record<string, unknown>): [string, string][] {
   const out: [string, string][] = [];
+  const disk = hasDiskTier(store);
   for (const [k, label] of MEMORY_STATS) {
-    if (typeof store[k] === 'number' && !(k === 'max_pool_bytes' && store[k] === 0)) out.push([k, label]);
+    if (typeof store[k] !== 'number' || (k === 'max_pool_bytes' && store[k] === 0)) continue;
+    if (k.startsWith('disk_') && !disk) continue;
+    out.push([k, label]);
   }
   for (const k of Object.keys(store).sort()) {
     if (/^(remote|cold)_.*bytes$/.test(k) && typeof store[k] === 'number') out.push([k, k.replace(/_/g, ' ')]);

@@ -18,7 +18,7 @@ import type { Command } from 'commander';
 import { ZdedupError } from '../../../core/errors.js';
 import {
   ACTIVITY_STATS, ERROR_STATS, LATENCY_KINDS, LATENCY_LABELS, formatBytes as fmtBytes, formatRate, formatSeconds,
-  latencyDelta, latencyOf, latencyQuantile, memoryStats, ratePerSecond,
+  latencyDelta, latencyOf, latencyQuantile, memoryStats, ratePerSecond, withoutAbsentTier,
 } from '../../http/stat-model.js';
 import type { Ctx } from '../main.js';
 import { DEFAULT_HTTP, parseHostPort } from './serve.js';
@@ -292,7 +292,7 @@ export function formatWatch(now: Reading | null, prev: Reading | null,
         `${rate(lat[k]!.count, plat[k]?.count).padStart(10)}`);
     }
   }
-  wrap('activity', ACTIVITY_STATS.filter((k) => k in s).map((k) => `${k.replace(/_/g, ' ')} ${rate(s[k], ps[k])}`));
+  wrap('activity', withoutAbsentTier(ACTIVITY_STATS, s).filter((k) => k in s).map((k) => `${k.replace(/_/g, ' ')} ${rate(s[k], ps[k])}`));
   const errs = ERROR_STATS.filter((k) => (s[k] ?? 0) > 0).map((k) => `${k} ${int(s[k])} (${rate(s[k], ps[k])})`);
   for (const [errno, x] of Object.entries((n.errors ?? {}) as Record<string, number>)) if (x > 0) errs.push(`nbd ${errno} ${int(x)}`);
   if ((num(n.protocol_errors) ?? 0) > 0) errs.push(`nbd protocol_errors ${int(num(n.protocol_errors))}`);

@@ -78,8 +78,8 @@ function seriesOf(doc, prev) {
     add('latency', `${kind}.p99`, `${label} p99`, M.latencyQuantile(d, 0.99));
   }
 
-  for (const k of M.ACTIVITY_STATS) if (k in s) add('activity', k, k.replace(/_/g, ' '), rate(s[k], ps[k]));
-  for (const k of M.ERROR_STATS) if (k in s) add('errors', k, k.replace(/_/g, ' '), rate(s[k], ps[k]));
+  for (const k of M.withoutAbsentTier(M.ACTIVITY_STATS, s)) if (k in s) add('activity', k, k.replace(/_/g, ' '), rate(s[k], ps[k]));
+  for (const k of M.withoutAbsentTier(M.ERROR_STATS, s)) if (k in s) add('errors', k, k.replace(/_/g, ' '), rate(s[k], ps[k]));
   add('errors', 'nbd_errors', 'NBD error replies', rate(n.request_errors_total, pn.request_errors_total));
   add('errors', 'nbd_protocol', 'NBD protocol errors', rate(n.protocol_errors, pn.protocol_errors));
   return out;
@@ -247,7 +247,7 @@ function renderNbdTable(doc, prev) {
 function renderErrors(doc) {
   const s = doc.store ?? {};
   const n = doc.nbd ?? {};
-  const items = M.ERROR_STATS.filter((k) => k in s).map((k) => [k, s[k]]);
+  const items = M.withoutAbsentTier(M.ERROR_STATS, s).filter((k) => k in s).map((k) => [k, s[k]]);
   items.push(['nbd request_errors_total', n.request_errors_total ?? 0], ['nbd protocol_errors', n.protocol_errors ?? 0]);
   for (const [errno, x] of Object.entries(n.errors ?? {})) items.push([`nbd ${errno}`, x]);
   document.querySelector('#errors-table tbody').replaceChildren(...items.map(([k, v]) => {
