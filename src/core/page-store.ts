@@ -92,6 +92,9 @@ export interface PageStoreOptions {
   events?: MaintenanceEvents;
   /** Replaces the fingerprint function (tests force collisions with it). */
   fingerprint?: FingerprintFn;
+  /** Bytes per pool arena (default 1 MiB). Tests use small arenas (>= 16 pages) so a pool of a few
+   *  zspages can be limited and writeback runs on almost every step. */
+  arenaBytes?: number;
 }
 
 /** Metadata per page slot, written or not: the area's u32 slot-map cell. */
@@ -226,7 +229,7 @@ export class PageStore {
     this.sharedDedup = opts.sharedDedup ?? false;
     this.writethrough = opts.writethrough ?? false;
     this.fp = new Fingerprinter(opts.fingerprint ?? xxh3Fingerprint());
-    this.pool = new ZsPool(ps, opts.maxPoolBytes ?? 0);
+    this.pool = new ZsPool(ps, opts.maxPoolBytes ?? 0, opts.arenaBytes !== undefined ? Math.floor(opts.arenaBytes / ps) : undefined);
     this.acceptBytes = Math.floor((this.pool.maxBytes * accept) / 100);
     this.objects = new ObjectTable(ps, (cap) => this.pool.ensureIds(cap));
     this.keys = this.objects.keys;

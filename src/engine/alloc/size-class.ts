@@ -44,9 +44,10 @@ export function arenaUnitsFor(pageSize: number): number {
   return Math.max(MAX_CHAIN * 2, (1 << 20) / pageSize);
 }
 
-export function buildClassTable(pageSize: number): ClassTable {
+/** `arenaUnits`: units of pageSize per arena (default 1 MiB worth; tests use the minimum, 16). */
+export function buildClassTable(pageSize: number, arenaUnits = arenaUnitsFor(pageSize)): ClassTable {
   const step = pageSize / 256;
-  const arenaUnits = arenaUnitsFor(pageSize);
+  if (!Number.isInteger(arenaUnits) || arenaUnits < MAX_CHAIN * 2 || arenaUnits > 256) throw new RangeError(`arena units must be ${MAX_CHAIN * 2}..256`);
   const steps = 256;
   const rawSize: number[] = [];
   const rawChain: number[] = [];

@@ -126,10 +126,11 @@ export class ZsPool {
   locBuf: Buffer = Buffer.alloc(0);
   locOff = 0;
 
-  constructor(pageSize: number, maxBytes = 0) {
+  /** `arenaUnits`: see buildClassTable (default: 1 MiB arenas). */
+  constructor(pageSize: number, maxBytes = 0, arenaUnits?: number) {
     this.pageSize = pageSize;
     this.maxBytes = maxBytes;
-    this.classes = buildClassTable(pageSize);
+    this.classes = buildClassTable(pageSize, arenaUnits);
     this.groupHead = new Int32Array(this.classes.count * GROUPS).fill(-1);
     tuneMallocForArenas(); // freed arenas must really leave the process
   }
