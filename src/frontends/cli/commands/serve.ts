@@ -46,6 +46,8 @@ export interface ServeConfig {
   backingSize: number | undefined;
   segmentSize: number | undefined;
   writethrough: boolean;
+  /** Allow --http on a non-loopback address (read-only stats, no authentication). */
+  insecure: boolean;
   logLevel: LogLevel;
 }
 
@@ -66,6 +68,7 @@ interface RawSettings {
   backingSize?: string;
   segmentSize?: string;
   writethrough?: boolean;
+  insecure?: boolean;
   logLevel?: string;
   stdio?: boolean;
 }
@@ -86,10 +89,11 @@ const ENV: Record<keyof RawSettings, string> = {
   backingSize: 'ZDEDUP_BACKING_SIZE',
   segmentSize: 'ZDEDUP_SEGMENT_SIZE',
   writethrough: 'ZDEDUP_WRITETHROUGH',
+  insecure: 'ZDEDUP_INSECURE',
   logLevel: 'ZDEDUP_LOG_LEVEL',
   stdio: 'ZDEDUP_STDIO',
 };
-const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio', 'writethrough']);
+const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio', 'writethrough', 'insecure']);
 
 const HELP_AFTER = `
 Sizes take K/M/G/T suffixes (binary). Every setting may also come from the environment,
@@ -144,6 +148,7 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--backing-size <size>', 'size to create or resize the --backing file to (a new file needs it)')
     .option('--segment-size <size>', 'disk tier segment size, a multiple of 4K (default 4M)')
     .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)')
+    .option('--insecure', 'allow --http on a non-loopback address (stats and dashboard are read-only and unauthenticated)')
     .option('--stdio', 'serve one NBD connection on stdin/stdout, then exit (logs stay on stderr)')
     .option('--config <file>', 'JSON file with the same settings (env ZDEDUP_CONFIG)')
     .option('--log-level <level>', 'error | warn | info | debug (default info)')
@@ -221,6 +226,7 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
     backingSize: backingSizeArg !== undefined ? parseSize(backingSizeArg) : undefined,
     segmentSize: segmentSizeArg !== undefined ? parseSize(segmentSizeArg) : undefined,
     writethrough,
+    insecure: pick('insecure') === true,
     logLevel,
   };
 }
@@ -393,7 +399,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
       }
     }
     if (cfg.http !== null) {
-      httpServer = new StatsHttpServer({ ...cfg.http, store, nbd, log, version: version() });
+      httpServer = new StatsHttpServer({ ...cfg.http, store, nbd, log, version: version(), insecure: cfg.insecure });
       const port = await httpServer.listen();
       where.http = `${cfg.http.host}:${port}`;
     }
