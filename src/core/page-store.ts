@@ -658,7 +658,7 @@ export class PageStore {
     let same = false;
     try {
       await this.tier!.read(w0, w1, id, len, lo, hi, buf, 0);
-      same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, 0, this.pageSize, at, at + this.pageSize) === 0;
+      same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, at, at + this.pageSize, 0, this.pageSize) === 0;
     } catch {
       same = false; // unreadable: never share with it (counted by the tier)
     } finally {
