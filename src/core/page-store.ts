@@ -110,6 +110,8 @@ export const OBJECT_METADATA_BYTES = 40;
 
 const SAME = 0x80000000;
 const MAX_AREA_PAGES = 2 ** 31;
+/** Second chances given per evictOldest() call at most (bounds one writeback step). */
+const EVICT_MAX_ROTATIONS = 4096;
 
 // storeOne's internal outcomes: the first four are final, the last two mean "wait, then retry".
 const S_OK = 0, S_POOL_LIMIT = 1, S_ALLOC_FAIL = 2, S_RECLAIM_FAIL = 3, S_WAIT_ROOM = 4, S_WAIT_VERIFY = 5;
@@ -1001,12 +1003,15 @@ export class PageStore {
     const o = this.objects;
     const tier = this.tier!;
     let freed = 0;
-    let rotations = o.lruCount; // at most one full turn of second chances per call
+    // Bounded work per call: second chances count too, so a list of referenced objects is
+    // turned over a few thousand entries per call, never all at once.
+    let rotations = Math.min(o.lruCount, EVICT_MAX_ROTATIONS);
     while (freed < budgetBytes) {
       const id = o.lruOldest();
       if (id < 0) return 'empty';
       const f = o.flags[id]!;
-      if ((f & REFERENCED) !== 0 && rotations-- > 0) {
+      if ((f & REFERENCED) !== 0) {
+        if (rotations-- <= 0) return 'done';
         o.flags[id] = f & ~REFERENCED;
         o.lruRemove(id);
         o.lruPushHead(id);

@@ -116,6 +116,8 @@ export class DiskTier implements Tier {
   private cleanBuf: Buffer | undefined;
   private readonly rv: RecordView = { codec: 0, len: 0, id: 0, fpLo: 0, fpHi: 0 };
 
+  private inUse = 0;   // segments not FREE (FREEING ones included)
+  private freeing = 0; // segments waiting for their readers before they are free
   private waiters: (() => void)[] = [];
   private idleResolvers: (() => void)[] = [];
   private closed = false;
@@ -228,6 +230,7 @@ export class DiskTier implements Tier {
     this.seal();
     const b = this.bufFree.pop()!;
     const s = this.freeSegs[--this.freeCount]!;
+    this.inUse++;
     this.cur = b;
     this.curSeg = s;
     this.curUsed = SEG_HEADER_SIZE;
@@ -419,22 +422,26 @@ export class DiskTier implements Tier {
   private freeSegment(s: number): void {
     this.c.disk_used_bytes -= this.segUsed[s]!;
     this.segUsed[s] = 0;
-    if (this.segReaders[s]! > 0) { this.segState[s] = FREEING; return; }
+    if (this.segReaders[s]! > 0) { this.segState[s] = FREEING; this.freeing++; return; }
     this.reallyFree(s);
   }
 
   private reallyFree(s: number): void {
+    if (this.segState[s] === FREEING) this.freeing--;
+    this.inUse--;
     this.segState[s] = FREE;
     this.freeSegs[this.freeCount++] = s;
     this.wake();
   }
 
-  /** True when some sealed, undamaged segment holds garbage that cleaning could reclaim. */
+  /**
+   * True when waiting can make room: segments hold garbage the cleaner can reclaim (from the
+   * running totals, O(1): this is asked on every refused append), a freed segment waits for its
+   * readers, or a write in flight will free a buffer.
+   */
   private reclaimable(): boolean {
-    for (let s = 0; s < this.segmentCount; s++) {
-      if (this.segState[s] === SEALED && this.segDamaged[s] === 0 && this.segLive[s]! + SEG_HEADER_SIZE < this.segUsed[s]!) return true;
-    }
-    return this.segState.includes(FREEING) || this.writesInFlight > 0;
+    const garbage = this.c.disk_used_bytes - this.c.disk_live_bytes - this.inUse * SEG_HEADER_SIZE;
+    return garbage > 0 || this.freeing > 0 || this.writesInFlight > 0;
   }
 
   needsCleaning(): boolean {
@@ -527,8 +534,7 @@ export class DiskTier implements Tier {
   // Stats, tests, closing
 
   stats(): TierStats {
-    let used = 0;
-    for (let s = 0; s < this.segmentCount; s++) if (this.segState[s] !== FREE) used++;
+    const used = this.inUse;
     return {
       backing_size: this.backingSize,
       disk_bytes: this.c.disk_used_bytes,
@@ -571,6 +577,10 @@ export class DiskTier implements Tier {
       if (this.segLive[s]! > this.segUsed[s]!) throw new Error(`segment ${s}: live ${this.segLive[s]} > used ${this.segUsed[s]}`);
       if ((this.segBuf[s]! >= 0) !== (st === OPEN || st === WRITING || st === STRANDED)) throw new Error(`segment ${s}: buffer and state ${STATE_NAMES[st]} disagree`);
     }
+    let inUse = 0;
+    for (let s = 0; s < this.segmentCount; s++) if (this.segState[s] !== FREE) inUse++;
+    if (inUse !== this.inUse) throw new Error(`segments in use ${this.inUse} != ${inUse}`);
+    if (inUse + this.freeCount !== this.segmentCount) throw new Error(`in use ${inUse} + free ${this.freeCount} != ${this.segmentCount}`);
     if (live !== this.c.disk_live_bytes) throw new Error(`disk_live_bytes ${this.c.disk_live_bytes} != ${live}`);
     if (used !== this.c.disk_used_bytes) throw new Error(`disk_bytes ${this.c.disk_used_bytes} != ${used}`);
   }
