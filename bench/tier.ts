@@ -218,6 +218,16 @@ function fioNbdRead(uri: string, offset: number, size: number, ios: number, out:
     `--offset=${offset}`, `--size=${size}`, `--number_ios=${Math.min(ios, size / PAGE)}`, '--randrepeat=1'], out);
 }
 
+/** The zdedup build measured: $ZDEDUP_BENCH_COMMIT (a run from an exported tree), else the repository's HEAD, marked when src/ or bin/ differ from it. */
+function zdedupCommit(): string {
+  if (process.env.ZDEDUP_BENCH_COMMIT) return process.env.ZDEDUP_BENCH_COMMIT;
+  try {
+    const head = execFileSync('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = execFileSync('git', ['-C', REPO, 'status', '--porcelain', '--', 'src', 'bin'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return dirty ? `${head} + uncommitted changes in src/ or bin/` : head;
+  } catch { return 'unknown'; }
+}
+
 function toolVersion(cmd: string, args: string[] = ['--version']): string {
   try {
     return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')[0]!.trim();
@@ -582,12 +592,13 @@ async function main(): Promise<void> {
 
   const machine = describeMachine(['nbdkit', 'libnbd-bin', 'fio']);
   const tools = { nbdkit: toolVersion('nbdkit'), nbdcopy: toolVersion('nbdcopy'), fio: toolVersion('fio') };
+  const commit = zdedupCommit();
   const g = goals(rows, raw);
   const md = [
     '# Tier benchmark: bounded RAM pool + disk tier (issue 7)',
     '',
     machineMarkdown(machine),
-    `Tools: ${tools.nbdkit}, ${tools.nbdcopy}, ${tools.fio}. Filesystem: ${p.dir} on ${fsDev} (${fsType}). ` +
+    `zdedup ${commit}. Tools: ${tools.nbdkit}, ${tools.nbdcopy}, ${tools.fio}. Filesystem: ${p.dir} on ${fsDev} (${fsType}). ` +
     `Load average (1/5/15 min) before: ${loadBefore}; after each step: ${Object.entries(loads).map(([k, v]) => `${k} ${v}`).join('; ')}.`,
     '',
     `Data: ${values['data-mib']} MiB of mixed pages (35% JSON/log text, 30% struct-like binary, 15% incompressible, ` +
@@ -627,7 +638,7 @@ async function main(): Promise<void> {
     const dir = join(REPO, 'bench/results');
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, `tier-${date}.json`), JSON.stringify({
-      bench: 'tier', machine, tools, filesystem: { dir: p.dir, type: fsType, device: fsDev }, load_before: loadBefore, load_after_step: loads,
+      bench: 'tier', zdedup_commit: commit, machine, tools, filesystem: { dir: p.dir, type: fsType, device: fsDev }, load_before: loadBefore, load_after_step: loads,
       load_after: loadAfter, params: { ...p, data_mib: Number(values['data-mib']) }, raw_fio: raw, raw_fio_error: rawError, results: rows, goals: g,
     }, null, 2) + '\n');
     writeFileSync(join(dir, `tier-${date}.md`), md);
