@@ -74,10 +74,35 @@ export class Maintenance {
     this.running = this.loop().finally(() => { this.running = null; });
   }
 
-  /** Runs steps until there is no work left (tests and shutdown). */
+  /** Runs steps until there is no work left (tests and shutdown). Never two loops at once. */
   async settle(): Promise<void> {
-    if (this.running) await this.running;
+    for (;;) {
+      if (this.running) { await this.running; continue; }
+      this.running = this.drain().finally(() => { this.running = null; });
+      await this.running;
+      return;
+    }
+  }
+
+  private async drain(): Promise<void> {
     while (!this.stopped && await this.step()) { /* next step */ }
+  }
+
+  /**
+   * For a store waiting for tier room: resolves when a write buffer may be free again. Without
+   * the background loop (tests), runs one step itself so the wait makes progress.
+   */
+  async whenRoom(): Promise<void> {
+    if (this.tier === null) return;
+    const writable = this.tier.whenWritable(); // registered first: a write finishing during the step is not missed
+    if (this.timer === undefined && !this.running && !this.stopped) {
+      this.running = this.step().then(() => undefined).finally(() => { this.running = null; });
+      await this.running;
+    }
+    // Not unref'd: a store is waiting, and this timer is what re-checks when nothing else runs.
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([writable, new Promise<void>((res) => { t = setTimeout(res, BUSY_WAIT_MS); })]);
+    clearTimeout(t);
   }
 
   async stop(): Promise<void> {
@@ -111,7 +136,9 @@ export class Maintenance {
         if (r === 'done') { this.recovered(); return true; }
         if (r === 'busy') {
           if (tier.needsCleaning() && await this.cleanOne()) return true;
-          await Promise.race([tier.whenWritable(), new Promise<void>((res) => setTimeout(res, BUSY_WAIT_MS).unref())]);
+          let t: NodeJS.Timeout | undefined;
+          await Promise.race([tier.whenWritable(), new Promise<void>((res) => { t = setTimeout(res, BUSY_WAIT_MS); t.unref(); })]);
+          clearTimeout(t);
           return !this.stopped;
         }
         if (r === 'full' || r === 'failed') {

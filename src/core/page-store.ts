@@ -110,6 +110,8 @@ export const OBJECT_METADATA_BYTES = 40;
 
 const SAME = 0x80000000;
 const MAX_AREA_PAGES = 2 ** 31;
+/** Tier reads in flight at most, store-wide (each holds a page buffer here and a read buffer in the tier). */
+const TIER_READS_IN_FLIGHT = 32;
 /** Second chances given per evictOldest() call at most (bounds one writeback step). */
 const EVICT_MAX_ROTATIONS = 4096;
 
@@ -185,14 +187,17 @@ export class PageStore {
   /** Sum of stored lengths of objects held in RAM. */
   private ramBytes = 0;
   private tierObjects = 0;
-  // The answer of an async read of a cold duplicate candidate, handed to the retried store.
-  private hintId = -1;
-  private hintW0 = 0;
-  private hintW1 = 0;
-  private hintSame = false;
+  /**
+   * Answers of async reads of cold duplicate candidates for the store being retried (id -> the
+   * location read and whether it matched). Set only around one synchronous storeOne call; one
+   * small Map per store that had to read candidates, never per page.
+   */
+  private hints: Map<number, { w0: number; w1: number; same: boolean }> | null = null;
   /** The candidate storeOne needs read before it can decide (S_WAIT_VERIFY). */
   private verifyId = -1;
   private readBufs: Buffer[] = [];
+  private tierReads = 0;
+  private tierQueue: (() => void)[] = [];
   private closed = false;
 
   private slotMaps: (Uint32Array | undefined)[] = [];
@@ -322,7 +327,7 @@ export class PageStore {
    * blocks. `pages` must stay untouched until the Promise settles — or pass `copyOnWait` and the
    * store keeps a copy of the pages it has yet to store when it must wait.
    */
-  startStoreBatch(area: AreaId, offset: number, pages: Uint8Array, copyOnWait = false): number | Promise<number> {
+  startStoreBatch(area: AreaId, offset: number, pages: Uint8Array, copyOnWait = false, why?: { r: StoreResult }): number | Promise<number> {
     const slots = this.slotsOf(area);
     const n = this.checkBatch(pages);
     this.checkIndex(offset, n, slots.length);
@@ -332,10 +337,11 @@ export class PageStore {
       const r = this.storeOne(area, slots, offset + i, pages, i * P, false);
       if (r === S_OK) continue;
       if (r >= S_WAIT_ROOM) {
-        if (!copyOnWait) return this.storeRest(area, offset, pages, i, n, r);
+        if (!copyOnWait) return this.storeRest(area, offset, pages, i, n, r, why);
         const rest = Uint8Array.prototype.slice.call(pages, i * P) as Uint8Array; // one copy per wait, not per page stored
-        return this.storeRest(area, offset + i, rest, 0, n - i, r).then((k) => i + k);
+        return this.storeRest(area, offset + i, rest, 0, n - i, r, why).then((k) => i + k);
       }
+      if (why) why.r = STORE_RESULTS[r]!;
       return i;
     }
     return n;
@@ -344,8 +350,9 @@ export class PageStore {
   /** store() that never blocks the event loop. */
   async storeAsync(area: AreaId, offset: number, page: Uint8Array): Promise<StoreResult> {
     this.checkPage(page, this.pageSize);
-    const n = await this.startStoreBatch(area, offset, page);
-    return n === 1 ? 'stored' : this.lastReject;
+    const why = { r: 'stored' as StoreResult };
+    const n = await this.startStoreBatch(area, offset, page, false, why);
+    return n === 1 ? 'stored' : why.r;
   }
 
   /** storeBatch() that never blocks the event loop. */
@@ -585,6 +592,9 @@ export class PageStore {
       disk_segments: t?.disk_segments ?? 0,
       disk_free_segments: t?.disk_free_segments ?? 0,
       disk_bytes_written: t?.disk_bytes_written ?? 0,
+      disk_record_bytes_appended: t?.disk_record_bytes_appended ?? 0,
+      disk_cleaner_bytes_moved: t?.disk_cleaner_bytes_moved ?? 0,
+      disk_reads: t?.disk_reads ?? 0,
       write_amplification: t !== undefined && t.disk_record_bytes_appended > 0 ? t.disk_bytes_written / t.disk_record_bytes_appended : 1,
       cleaned_segments: t?.cleaned_segments ?? 0,
       disk_write_errors: t?.disk_write_errors ?? 0,
@@ -614,59 +624,68 @@ export class PageStore {
   // ---------------------------------------------------------------------------------------------
   // Core: store
 
-  /** storeOne that always completes: waits for room by writing synchronously, reads candidates with pread. */
+  /**
+   * storeOne for the synchronous API: reads cold duplicate candidates with a blocking pread. It
+   * cannot wait for a write buffer (the write completes on the event loop this call is holding),
+   * so when both buffers are in flight it refuses (reject_reclaim_fail); the async calls wait.
+   */
   private storeSync(area: number, slots: Uint32Array, offset: number, src: Uint8Array, at: number): number {
-    for (;;) {
-      const r = this.storeOne(area, slots, offset, src, at, true);
-      if (r !== S_WAIT_ROOM) return r;
-      // Every write buffer is busy: the library caller chose blocking calls, so refuse rather than
-      // spin; the async path waits instead. This only happens under a burst larger than the buffers.
-      this.c.reject_reclaim_fail++;
-      this.lastReject = 'reject_reclaim_fail';
-      return S_RECLAIM_FAIL;
-    }
+    const r = this.storeOne(area, slots, offset, src, at, true);
+    if (r !== S_WAIT_ROOM) return r;
+    this.c.reject_reclaim_fail++;
+    this.lastReject = 'reject_reclaim_fail';
+    return S_RECLAIM_FAIL;
   }
 
   /** The async continuation of startStoreBatch from page i, whose first attempt returned `first`. */
-  private async storeRest(area: AreaId, offset: number, pages: Uint8Array, i: number, n: number, first: number): Promise<number> {
+  private async storeRest(area: AreaId, offset: number, pages: Uint8Array, i: number, n: number, first: number,
+    why?: { r: StoreResult }): Promise<number> {
     const P = this.pageSize;
     let r = first;
+    let hints: Map<number, { w0: number; w1: number; same: boolean }> | null = null;
     for (;;) {
       if (r === S_WAIT_ROOM) {
         this.c.store_waits++;
         this.maintenance.kick();
-        await this.tier!.whenWritable();
+        await this.maintenance.whenRoom();
       } else if (r === S_WAIT_VERIFY) {
-        await this.readCandidate(this.verifyId, pages, i * P);
+        hints ??= new Map();
+        await this.readCandidate(this.verifyId, pages, i * P, hints);
       } else if (r === S_OK) {
-        this.hintId = -1;
+        hints = null;
         if (++i === n) return n;
         this.c.store_calls++;
       } else {
-        this.hintId = -1;
+        if (why) why.r = STORE_RESULTS[r]!;
         return i;
       }
       if (this.closed) throw new ZdedupError('ERR_CLOSED', 'page store is closed');
-      r = this.storeOne(area, this.slotsOf(area), offset + i, pages, i * P, false);
+      this.hints = hints;
+      try {
+        r = this.storeOne(area, this.slotsOf(area), offset + i, pages, i * P, false);
+      } finally {
+        this.hints = null;
+      }
     }
   }
 
-  /** Reads tier-only object `id` and records whether it holds page src[at..] (the hint storeOne uses). */
-  private async readCandidate(id: number, src: Uint8Array, at: number): Promise<void> {
+  /** Reads tier-only object `id` and records in `hints` whether it holds page src[at..]. */
+  private async readCandidate(id: number, src: Uint8Array, at: number, hints: Map<number, { w0: number; w1: number; same: boolean }>): Promise<void> {
     const o = this.objects;
     const w0 = o.w0[id]!, w1 = o.w1[id]!, len = o.lens[id]!, lo = o.keys.lo[id]!, hi = o.keys.hi[id]!;
-    const buf = this.readBufs.pop() ?? Buffer.alloc(this.pageSize);
     const out = Buffer.alloc(this.pageSize); // per cold-duplicate check, not per page stored
     let same = false;
+    await this.tierSlot();
+    const buf = this.readBufs.pop() ?? Buffer.alloc(this.pageSize);
     try {
       await this.tier!.read(w0, w1, id, len, lo, hi, buf, 0);
-      same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, at, at + this.pageSize, 0, this.pageSize) === 0;
+      same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, 0, this.pageSize, at, at + this.pageSize) === 0;
     } catch {
       same = false; // unreadable: never share with it (counted by the tier)
     } finally {
-      this.readBufs.push(buf);
+      this.releaseTierSlot(buf);
     }
-    this.hintId = id; this.hintW0 = w0; this.hintW1 = w1; this.hintSame = same;
+    hints.set(id, { w0, w1, same });
   }
 
   private storeOne(area: number, slots: Uint32Array, offset: number, src: Uint8Array, at: number, sync: boolean): number {
@@ -796,7 +815,8 @@ export class PageStore {
       buf = this.pool.locBuf; off = this.pool.locOff;
     } else {
       const w0 = o.w0[id]!, w1 = o.w1[id]!;
-      if (this.hintId === id && this.hintW0 === w0 && this.hintW1 === w1) return this.hintSame ? 1 : 0;
+      const h = this.hints?.get(id);
+      if (h !== undefined && h.w0 === w0 && h.w1 === w1) return h.same ? 1 : 0;
       const tier = this.tier!;
       if (tier.locateBuffered(w0, w1)) {
         buf = tier.locBuf; off = tier.locOff;
@@ -862,9 +882,16 @@ export class PageStore {
   /** Reads tier-only object `id` into into[at..] (a page), checked; then maybe promotes it. */
   private async readObject(id: number, into: Uint8Array, at: number): Promise<void> {
     const o = this.objects;
+    // The location is captured now, before any await: the load returns the content of the call's time.
     const w0 = o.w0[id]!, w1 = o.w1[id]!, len = o.lens[id]!, lo = o.keys.lo[id]!, hi = o.keys.hi[id]!;
     this.c.load_calls++;
     this.c.load_hits++;
+    this.tier!.pin(w0);
+    try {
+      await this.tierSlot();
+    } finally {
+      this.tier!.unpin(w0);
+    }
     const buf = this.readBufs.pop() ?? Buffer.alloc(this.pageSize);
     try {
       await this.tier!.read(w0, w1, id, len, lo, hi, buf, 0);
@@ -872,8 +899,23 @@ export class PageStore {
       this.decode(buf, 0, len, into, at, lo, hi, true);
       this.maybePromote(id, w0, w1, buf, len);
     } finally {
-      this.readBufs.push(buf);
+      this.releaseTierSlot(buf);
     }
+  }
+
+  /**
+   * Tier reads in flight are bounded (TIER_READS_IN_FLIGHT) across the whole store: a 32 MiB READ
+   * of cold pages queues its 8192 page reads here instead of holding 8192 buffers at once.
+   */
+  private tierSlot(): Promise<void> | void {
+    if (this.tierReads < TIER_READS_IN_FLIGHT) { this.tierReads++; return; }
+    return new Promise<void>((r) => { this.tierQueue.push(r); });
+  }
+
+  private releaseTierSlot(buf: Buffer): void {
+    if (this.readBufs.length < TIER_READS_IN_FLIGHT) this.readBufs.push(buf);
+    const next = this.tierQueue.shift();
+    if (next) next(); else this.tierReads--;
   }
 
   /**
@@ -1058,6 +1100,7 @@ export class PageStore {
   // Validation (public edge only)
 
   private slotsOf(area: AreaId): Uint32Array {
+    if (this.closed) throw new ZdedupError('ERR_CLOSED', 'page store is closed');
     const m = typeof area === 'number' && Number.isInteger(area) && area >= 0 ? this.slotMaps[area] : undefined;
     if (!m) throw new ZdedupError('ERR_UNKNOWN_AREA', `unknown area ${String(area)}`);
     return m;

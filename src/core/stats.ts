@@ -71,6 +71,12 @@ export interface PageStoreStats {
   disk_free_segments: number;
   /** Bytes written to the backing (segments, aligned). */
   disk_bytes_written: number;
+  /** Bytes of records appended for new data (writeback, writethrough, bypass): write_amplification's denominator. */
+  disk_record_bytes_appended: number;
+  /** Bytes of live records the cleaner copied forward. */
+  disk_cleaner_bytes_moved: number;
+  /** Reads issued to the backing (loads, cold duplicate checks). */
+  disk_reads: number;
   /** disk_bytes_written / bytes of new records appended (cleaning and padding make it > 1). */
   write_amplification: number;
   /** Segments freed by the cleaner. */

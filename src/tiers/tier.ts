@@ -94,13 +94,20 @@ export interface Tier {
   /** read(), blocking the thread: for the library's synchronous load/store calls only. */
   readSync(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): void;
 
+  /**
+   * Keeps location w0's space from being reused until unpin(w0), even if its records are
+   * released or cleaned meanwhile (a read queued behind others pins it when it is planned).
+   */
+  pin(w0: number): void;
+  unpin(w0: number): void;
+
   /** No object refers to the record at (w0, w1) of `len` payload bytes any more. */
   release(w0: number, w1: number, len: number): void;
 
   /** Resolves once append() may succeed again (a buffer was written, space was freed, or the tier recovered). */
   whenWritable(): Promise<void>;
 
-  /** Writes the partly filled write buffer now (idle flush); returns false when there was nothing to write. */
+  /** Writes the partly filled write buffer now (for FLUSH in a durable mode); returns false when there was nothing to write. */
   sealOpen(): boolean;
 
   /** Segments that can be cleaned, best first by the caller's score; see DiskTier for the data. */

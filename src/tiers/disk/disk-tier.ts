@@ -30,8 +30,8 @@
  * - `reserve` free segments are kept for the cleaner: plain appends never take them.
  *
  * Known limits: the format has no journal yet (a restart starts from an empty tier: durable mode
- * is a later step); writes are whole segments, so a segment sealed early (idle flush) wastes its
- * tail until cleaned; the backing file is sparse, so a filesystem that fills up fails the write of
+ * is a later step); the newest segment stays in its RAM buffer until it fills (sealOpen() writes
+ * it early, wasting its tail until cleaned); the backing file is sparse, so a filesystem that fills up fails the write of
  * a segment (the segment stays in RAM and is retried; appends are refused meanwhile).
  */
 import fs from 'node:fs';
@@ -224,8 +224,10 @@ export class DiskTier implements Tier {
     // Check for room before sealing, so a refused append leaves the open segment as it was.
     if (this.bufFree.length === 0) return 'busy';
     if (this.freeCount <= (cleaner ? 0 : this.reserve)) {
-      if (cleaner) return 'full';
-      return this.reclaimable() ? 'busy' : 'full';
+      if (cleaner || !this.reclaimable()) return 'full';
+      // The open segment is full anyway: sealing it now makes its garbage cleanable too.
+      this.seal();
+      return 'busy';
     }
     this.seal();
     const b = this.bufFree.pop()!;
@@ -338,7 +340,7 @@ export class DiskTier implements Tier {
     }
     const st = this.segState[w0]!;
     if (st !== SEALED && st !== FREEING) return Promise.reject(this.readError(w0, w1, `segment is ${STATE_NAMES[st]}`));
-    this.segReaders[w0]!++;
+    this.pin(w0);
     const pos = this.segPos(w0) + w1;
     const start = pos - (pos % ALIGN);
     const end = alignUp(pos + REC_HEADER_SIZE + len);
@@ -405,7 +407,11 @@ export class DiskTier implements Tier {
     return new ZdedupError('ERR_DISK_READ', `disk tier ${this.path}: segment ${w0} offset ${w1}: ${why}`, { cause });
   }
 
-  private unpin(s: number): void {
+  pin(s: number): void {
+    this.segReaders[s]!++;
+  }
+
+  unpin(s: number): void {
     if (--this.segReaders[s]! === 0 && this.segState[s] === FREEING) this.reallyFree(s);
   }
 
@@ -472,7 +478,7 @@ export class DiskTier implements Tier {
     const len = alignUp(used);
     this.cleanBuf ??= alignedBuffer(this.segmentSize);
     const b = this.cleanBuf;
-    this.segReaders[s]!++;
+    this.pin(s);
     try {
       const n = await new Promise<number>((resolve, reject) => {
         fs.read(this.fd, b, 0, len, this.segPos(s), (err, got) => (err ? reject(err) : resolve(got)));
