@@ -153,3 +153,19 @@ test('the writer brings the pool to its accept threshold and writes back least r
     await store.close();
   }
 }));
+
+test('a backing that holds other data is refused unless overwrite is asked for; zeroes and our own header are taken', withDir(async (dir) => {
+  const { writeFileSync } = await import('node:fs');
+  const path = join(dir, 'other.img');
+  writeFileSync(path, Buffer.concat([Buffer.from('precious data that is not ours'), Buffer.alloc(1 << 20)]));
+  const opts = (overwrite: boolean): PageStoreOptions => ({ maxPoolBytes: 1 << 20, background: false, backing: { path, size: 1 << 20, segmentSize: 64 << 10, overwrite } });
+  assert.throws(() => new PageStore(opts(false)), /holds other data/);
+  const s1 = new PageStore(opts(true)); // overwritten on request: now it has our header
+  await s1.close();
+  const s2 = new PageStore(opts(false)); // an earlier zdedup backing is taken
+  await s2.close();
+  const zeroes = join(dir, 'zero.img');
+  writeFileSync(zeroes, Buffer.alloc(1 << 20));
+  const s3 = new PageStore({ maxPoolBytes: 1 << 20, background: false, backing: { path: zeroes, segmentSize: 64 << 10 } });
+  await s3.close();
+}));

@@ -40,7 +40,7 @@ import { deviceOrFileSize } from '../../engine/device.js';
 import type { AppendResult, CleanResult, CleaningOwner, Tier, TierStats } from '../tier.js';
 import { alignedBuffer, dropCached } from './aligned.js';
 import {
-  ALIGN, FILE_HEADER_SIZE, REC_HEADER_SIZE, SEG_HEADER_SIZE, alignUp, checkPayload, checkSegHeader, encodeFileHeader,
+  ALIGN, FILE_HEADER_SIZE, FILE_MAGIC, REC_HEADER_SIZE, SEG_HEADER_SIZE, alignUp, checkPayload, checkSegHeader, encodeFileHeader,
   encodeRecord, encodeSegHeader, readRecordHeader, recordSpan, type RecordView,
 } from './format.js';
 
@@ -56,6 +56,11 @@ export interface DiskTierOptions {
   writeBuffers?: number;
   /** Try O_DIRECT (default true); falls back to buffered I/O + fadvise when the medium refuses it. */
   direct?: boolean;
+  /**
+   * An existing file or device is used only when its first 4 KiB are zeroes or a zdedup header,
+   * so a mistyped path never destroys other data; true overrides that check. Default false.
+   */
+  overwrite?: boolean;
   /** Where the tier reports episodes (write failures, recovery, damaged segments). */
   events?: (level: 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown>) => void;
 }
@@ -142,6 +147,7 @@ export class DiskTier implements Tier {
     this.segmentSize = seg;
     this.events = o.events ?? (() => {});
     const opened = openBacking(o.path, o.size, o.direct ?? true);
+    if (opened.existed && o.overwrite !== true) checkOurs(opened.fd, o.path);
     this.fd = opened.fd;
     this.direct = opened.direct;
     this.backingSize = opened.size;
@@ -609,7 +615,24 @@ export class DiskTier implements Tier {
 }
 
 /** Opens (creating or resizing a file as asked) with O_DIRECT when wanted and possible. */
-function openBacking(path: string, size: number | undefined, direct: boolean): { fd: number; size: number; direct: boolean } {
+/** Refuses (closing fd) a backing whose first block is neither zeroes nor a zdedup file header. */
+function checkOurs(fd: number, path: string): void {
+  const b = alignedBuffer(FILE_HEADER_SIZE);
+  let n: number;
+  try {
+    n = fs.readSync(fd, b, 0, FILE_HEADER_SIZE, 0);
+  } catch (e) {
+    fs.closeSync(fd);
+    throw new ZdedupError('ERR_IO', `cannot read the start of backing ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  const head = b.subarray(0, n);
+  if (head.every((x) => x === 0) || (n >= 4 && head.readUInt32LE(0) === FILE_MAGIC)) return;
+  fs.closeSync(fd);
+  throw new ZdedupError('ERR_INVALID_ARGUMENT',
+    `backing ${path} holds other data (no zdedup header and not zeroes): refusing to overwrite it; pass --backing-overwrite if it is really meant to be used`);
+}
+
+function openBacking(path: string, size: number | undefined, direct: boolean): { fd: number; size: number; direct: boolean; existed: boolean } {
   const C = fs.constants;
   let st: fs.Stats | undefined;
   try { st = fs.statSync(path); } catch (e) {
@@ -651,5 +674,5 @@ function openBacking(path: string, size: number | undefined, direct: boolean): {
     }
     bytes = size ?? st!.size;
   }
-  return { fd, size: bytes, direct: isDirect };
+  return { fd, size: bytes, direct: isDirect, existed: st !== undefined && (st.isBlockDevice() || st.size > 0) };
 }
