@@ -26,6 +26,7 @@ export const STORE_COUNTERS: ReadonlySet<string> = new Set([
   'disk_read_errors', 'disk_loads', 'promoted_pages',
   // Counted events of the tiering work, named after the list above was written:
   'evicted_clean_pages', 'pool_bypass_pages', 'writethrough_pages', 'store_waits', 'disk_bytes_written',
+  'disk_record_bytes_appended', 'disk_cleaner_bytes_moved', 'disk_reads',
 ]);
 
 /** One line per known stat: what it counts (Prometheus HELP, dashboard tooltips). */
@@ -60,11 +61,10 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   zspages: 'Live zspages in the RAM pool',
   areas: 'Areas (exports) defined in the store',
   max_pool_bytes: 'Byte limit of the RAM pool (0 = unbounded)',
-  reject_reclaim_fail: 'Stores refused because writeback could not make room in the RAM pool',
-  disk_bytes: 'Bytes of segment files the disk tier holds',
+  reject_reclaim_fail: 'Stores refused because neither the RAM pool nor the disk tier could take them (tier full or failing)',
+  disk_bytes: 'Bytes of the backing occupied by segments in use (headers and records, live or not)',
   disk_live_bytes: 'Bytes of live records in the disk tier',
-  disk_segments: 'Segment files in the disk tier',
-  write_amplification: 'Bytes written to disk per byte written back (cleaning included)',
+  disk_segments: 'Segments of the backing in use (sealed, being written or being filled)',
   cleaned_segments: 'Disk segments cleaned (live records moved, segment freed)',
   disk_write_errors: 'Disk tier writes that failed',
   disk_read_errors: 'Disk tier reads that failed their read, checksum or fingerprint',
@@ -80,6 +80,10 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   disk_objects: 'Live objects with a copy in the disk tier',
   disk_free_segments: 'Free segments in the disk tier',
   disk_bytes_written: 'Bytes written to the disk tier backing (segments, aligned)',
+  disk_record_bytes_appended: 'Bytes of records appended for new data (writeback, writethrough, bypass)',
+  disk_cleaner_bytes_moved: 'Bytes of live records the cleaner copied forward',
+  disk_reads: 'Reads issued to the disk tier backing (loads and cold duplicate checks)',
+  write_amplification: 'disk_bytes_written / disk_record_bytes_appended (cleaning, headers and alignment make it > 1)',
 };
 
 export function storeStatKind(name: string): StatKind {
@@ -172,7 +176,7 @@ export function memoryStats(store: Record<string, unknown>): [string, string][] 
 // ---------------------------------------------------------------------------------------------
 
 /** NBD scalars that go up and down; every other numeric NBD field is a counter. */
-export const NBD_GAUGES: ReadonlySet<string> = new Set(['connections_active']);
+export const NBD_GAUGES: ReadonlySet<string> = new Set(['connections_active', 'buffered_bytes']);
 
 /** NBD scalars shown through a labelled family instead (requests by command, errors by errno). */
 export const NBD_LABELLED_TOTALS: ReadonlySet<string> = new Set(['requests_total', 'request_errors_total']);
@@ -187,6 +191,15 @@ export const NBD_HELP: Readonly<Record<string, string>> = {
   disconnect_mid_request: 'NBD clients gone with a request partly sent',
   bytes_read: 'Payload bytes returned by NBD READ',
   bytes_written: 'Payload bytes accepted by NBD WRITE',
+  connections_refused_limit: 'NBD connections closed at accept: --max-connections reached',
+  handshake_evicted: 'NBD connections still negotiating closed to make room at --max-connections',
+  handshake_timeouts: 'NBD connections closed for missing the handshake deadline',
+  idle_timeouts: 'NBD connections closed with a partial request or unread replies and no progress',
+  buffered_bytes: 'Bytes of NBD request payloads and READ replies held now (global buffer budget)',
+  buffer_waits: 'NBD requests that waited for the global buffer budget',
+  tls_handshakes: 'NBD TLS sessions established after STARTTLS',
+  tls_handshake_failed: 'NBD TLS handshakes that failed after STARTTLS',
+  tls_refused: 'NBD options refused with ERR_TLS_REQD (plaintext while TLS is required)',
 };
 
 /** zdedup_nbd_<name>_total for counters (no doubled suffix), zdedup_nbd_<name> for gauges. */
