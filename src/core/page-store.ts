@@ -680,6 +680,9 @@ export class PageStore {
     try {
       await this.tier!.read(w0, w1, id, len, lo, hi, buf, 0);
       same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, 0, this.pageSize, at, at + this.pageSize) === 0;
+      // A cold object that new stores duplicate is hot again: bring it back into RAM when the
+      // pool has a free slot for it, so the next duplicates compare in RAM instead of reading disk.
+      if (same) this.maybePromote(id, w0, w1, buf, len, true);
     } catch {
       same = false; // unreadable: never share with it (counted by the tier)
     } finally {
@@ -717,6 +720,8 @@ export class PageStore {
         if (same === 0) { c.verify_mismatch++; continue; }
       }
       c.dedup_hits++;
+      const f = this.objects.flags[id]!;
+      if ((f & IN_RAM) !== 0) this.objects.flags[id] = f | REFERENCED; // shared again: a use, like a load
       if (old === id + 1) return S_OK; // same content rewritten in place
       this.objects.incRef(id);
       this.release(area, old);
@@ -947,14 +952,16 @@ export class PageStore {
    * has room without pushing anything else out. Otherwise it stays cold: a load under memory
    * pressure must not evict a hotter page to make room for a page that may never be read again.
    */
-  private maybePromote(id: number, w0: number, w1: number, bytes: Uint8Array, len: number): void {
+  private maybePromote(id: number, w0: number, w1: number, bytes: Uint8Array, len: number, dedupHit = false): void {
     const o = this.objects;
-    if (this.poolFull || !o.isLive(id) || o.flags[id] !== IN_TIER || o.w0[id] !== w0 || o.w1[id] !== w1) return;
-    if (this.pool.maxBytes > 0 && this.pool.totalSize() >= this.acceptBytes) return;
+    if (!o.isLive(id) || o.flags[id] !== IN_TIER || o.w0[id] !== w0 || o.w1[id] !== w1) return;
+    // A load promotes only below the accept threshold; a dedup hit whenever the pool has room
+    // (the pool's limit still holds: alloc refuses beyond it).
+    if (!dedupHit && (this.poolFull || (this.pool.maxBytes > 0 && this.pool.totalSize() >= this.acceptBytes))) return;
     if (this.pool.alloc(id, len) !== 'ok') return;
     this.pool.locate(id);
     this.pool.locBuf.set(bytes.subarray(0, len), this.pool.locOff);
-    o.flags[id] = IN_RAM | IN_TIER;
+    o.flags[id] = dedupHit ? IN_RAM | IN_TIER | REFERENCED : IN_RAM | IN_TIER;
     o.lruPushHead(id);
     this.ramBytes += len;
     this.c.promoted_pages++;
