@@ -595,7 +595,7 @@ export class PageStore {
       disk_record_bytes_appended: t?.disk_record_bytes_appended ?? 0,
       disk_cleaner_bytes_moved: t?.disk_cleaner_bytes_moved ?? 0,
       disk_reads: t?.disk_reads ?? 0,
-      write_amplification: t !== undefined && t.disk_record_bytes_appended > 0 ? t.disk_bytes_written / t.disk_record_bytes_appended : 1,
+      write_amplification: t?.write_amplification ?? 1,
       cleaned_segments: t?.cleaned_segments ?? 0,
       disk_write_errors: t?.disk_write_errors ?? 0,
       disk_read_errors: t?.disk_read_errors ?? 0,

@@ -77,7 +77,7 @@ export interface PageStoreStats {
   disk_cleaner_bytes_moved: number;
   /** Reads issued to the backing (loads, cold duplicate checks). */
   disk_reads: number;
-  /** disk_bytes_written / bytes of new records appended (cleaning and padding make it > 1). */
+  /** Bytes written to the backing per byte of new data in the segments written so far (cleaning, headers and padding make it > 1). */
   write_amplification: number;
   /** Segments freed by the cleaner. */
   cleaned_segments: number;

@@ -56,6 +56,9 @@ export interface TierStats {
   disk_record_bytes_appended: number;
   /** Bytes of live records the cleaner copied forward. */
   disk_cleaner_bytes_moved: number;
+  /** Bytes written to the medium per byte of new data written (segments on the medium only: the
+   *  one still filling in RAM counts once it is written). Cleaning, headers, padding raise it. */
+  write_amplification: number;
   cleaned_segments: number;
   disk_write_errors: number;
   disk_read_errors: number;

@@ -83,7 +83,7 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   disk_record_bytes_appended: 'Bytes of records appended for new data (writeback, writethrough, bypass)',
   disk_cleaner_bytes_moved: 'Bytes of live records the cleaner copied forward',
   disk_reads: 'Reads issued to the disk tier backing (loads and cold duplicate checks)',
-  write_amplification: 'disk_bytes_written / disk_record_bytes_appended (cleaning, headers and alignment make it > 1)',
+  write_amplification: 'Bytes written to the backing per byte of new data in written segments (cleaning, headers and alignment make it > 1)',
 };
 
 export function storeStatKind(name: string): StatKind {

@@ -98,6 +98,7 @@ export class DiskTier implements Tier {
   private readonly segReaders: Uint16Array;
   private readonly segBuf: Int8Array;       // write buffer holding the segment, or -1
   private readonly segRecords: Uint32Array;
+  private readonly segNew: Uint32Array;      // bytes of new-data records (not cleaner copies) in the segment
   private readonly segDamaged: Uint8Array;
   private readonly freeSegs: Uint32Array;   // stack
   private freeCount: number;
@@ -130,7 +131,7 @@ export class DiskTier implements Tier {
   // ---- statistics ----
   private c = {
     disk_bytes_written: 0, disk_record_bytes_appended: 0, cleaned_segments: 0, disk_write_errors: 0,
-    disk_read_errors: 0, disk_reads: 0, disk_live_bytes: 0, disk_used_bytes: 0, disk_cleaner_bytes_moved: 0,
+    disk_read_errors: 0, disk_reads: 0, disk_live_bytes: 0, disk_used_bytes: 0, disk_cleaner_bytes_moved: 0, disk_new_bytes_written: 0,
   };
 
   constructor(o: DiskTierOptions) {
@@ -166,6 +167,7 @@ export class DiskTier implements Tier {
     this.segReaders = new Uint16Array(count);
     this.segBuf = new Int8Array(count).fill(-1);
     this.segRecords = new Uint32Array(count);
+    this.segNew = new Uint32Array(count);
     this.segDamaged = new Uint8Array(count);
     this.freeSegs = new Uint32Array(count);
     // Pop order 0, 1, 2, ...: a fresh tier fills the medium front to back.
@@ -191,6 +193,7 @@ export class DiskTier implements Tier {
     const r = this.room(recordSpan(len), false);
     if (r !== 'ok') return r;
     encodeRecord(this.bufs[this.cur]!, this.curUsed, id, fpLo, fpHi, codec, src, off, len);
+    this.segNew[this.curSeg]! += recordSpan(len);
     this.appended(recordSpan(len));
     return 'ok';
   }
@@ -247,6 +250,7 @@ export class DiskTier implements Tier {
     this.segBuf[s] = b;
     this.segUsed[s] = SEG_HEADER_SIZE;
     this.segLive[s] = 0;
+    this.segNew[s] = 0;
     this.segDamaged[s] = 0;
     this.c.disk_used_bytes += SEG_HEADER_SIZE;
     return 'ok';
@@ -285,6 +289,7 @@ export class DiskTier implements Tier {
   private written(s: number, len: number): void {
     const b = this.segBuf[s]!;
     this.c.disk_bytes_written += len;
+    this.c.disk_new_bytes_written += this.segNew[s]!;
     if (!this.direct) {
       // Written through the page cache: make it durable enough to drop, then drop it.
       const pos = this.segPos(s);
@@ -556,6 +561,7 @@ export class DiskTier implements Tier {
       disk_bytes_written: this.c.disk_bytes_written,
       disk_record_bytes_appended: this.c.disk_record_bytes_appended,
       disk_cleaner_bytes_moved: this.c.disk_cleaner_bytes_moved,
+      write_amplification: this.c.disk_new_bytes_written > 0 ? this.c.disk_bytes_written / this.c.disk_new_bytes_written : 1,
       cleaned_segments: this.c.cleaned_segments,
       disk_write_errors: this.c.disk_write_errors,
       disk_read_errors: this.c.disk_read_errors,
