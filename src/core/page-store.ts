@@ -679,7 +679,7 @@ export class PageStore {
     const buf = this.readBufs.pop() ?? Buffer.alloc(this.pageSize);
     try {
       await this.tier!.read(w0, w1, id, len, lo, hi, buf, 0);
-      same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, 0, this.pageSize, at, at + this.pageSize) === 0;
+      same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, at, at + this.pageSize, 0, this.pageSize) === 0;
       // A cold object that new stores duplicate is hot again: bring it back into RAM when the
       // pool has a free slot for it, so the next duplicates compare in RAM instead of reading disk.
       if (same) this.maybePromote(id, w0, w1, buf, len, true);
