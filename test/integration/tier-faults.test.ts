@@ -197,9 +197,15 @@ describe('disk tier faults', () => {
           const r = await tierIo(s, { MODE: 'read', EXPECT: data, CHUNK: String(PAGE) });
           assert.deepEqual(r.bad, [], `pages read back wrong (never allowed): ${r.bad!.slice(0, 20).join(',')}`);
           assert.deepEqual(Object.keys(r.errors), ['EIO'], `errors other than EIO: ${JSON.stringify(Object.keys(r.errors))}`);
-          assert.deepEqual(r.errors['EIO']!.sort((a, b) => a - b), [...broken].sort((a, b) => a - b),
-            'exactly the pages of the damaged records are EIO');
-          assert.equal(r.ok, PAGES - broken.size, 'every other page reads back right');
+          const eio = r.errors['EIO']!;
+          assert.ok(eio.includes(victimPage), `the page of the damaged record is EIO (got ${eio.slice(0, 20).join(',')})`);
+          assert.deepEqual(eio.filter((p) => !broken.has(p)), [], 'only pages of the damaged records are EIO');
+          // The shared object may have come back into RAM (a dedup hit on a cold object promotes
+          // it), then its damaged disk copy is not read: its pages are all EIO or all fine, as one.
+          const sharedEio = sharedPages.filter((p) => eio.includes(p)).length;
+          assert.ok(sharedEio === 0 || sharedEio === sharedPages.length, `the ${sharedPages.length} pages of one object answer alike (${sharedEio} EIO)`);
+          t.diagnostic(`pass ${pass + 1}: ${eio.length} pages EIO (the victim${sharedEio > 0 ? ' and the shared object' : '; the shared object is served from RAM'})`);
+          assert.equal(r.ok, PAGES - eio.length, 'every other page reads back right');
         }
         const st1 = await storeStats(s);
         logStats(t, 'after reading', st1);
