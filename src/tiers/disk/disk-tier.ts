@@ -100,8 +100,14 @@ export class DiskTier implements Tier {
   private readonly segRecords: Uint32Array;
   private readonly segNew: Uint32Array;      // bytes of new-data records (not cleaner copies) in the segment
   private readonly segDamaged: Uint8Array;
-  private readonly freeSegs: Uint32Array;   // stack
-  private freeCount: number;
+  // Free segments, two stacks: ranges written before come first, so a sparse file on a full
+  // filesystem reuses blocks it already has instead of asking for new ones; fresh ranges after.
+  private readonly freeSegs: Uint32Array;   // stack of free segments written before
+  private freeWritten = 0;
+  private readonly freshSegs: Uint32Array;  // stack of free segments never written (or whose write failed)
+  private freshCount: number;
+  private readonly segWritten: Uint8Array;  // 1 once a write of the segment succeeded
+  private get freeCount(): number { return this.freeWritten + this.freshCount; }
 
   // ---- write buffers ----
   private readonly bufs: Buffer[] = [];
@@ -170,9 +176,11 @@ export class DiskTier implements Tier {
     this.segNew = new Uint32Array(count);
     this.segDamaged = new Uint8Array(count);
     this.freeSegs = new Uint32Array(count);
+    this.freshSegs = new Uint32Array(count);
+    this.segWritten = new Uint8Array(count);
     // Pop order 0, 1, 2, ...: a fresh tier fills the medium front to back.
-    for (let i = 0; i < count; i++) this.freeSegs[i] = count - 1 - i;
-    this.freeCount = count;
+    for (let i = 0; i < count; i++) this.freshSegs[i] = count - 1 - i;
+    this.freshCount = count;
     for (let i = 0; i < nbuf; i++) { this.bufs.push(alignedBuffer(seg)); this.bufFree.push(i); }
     this.readSpan = alignUp(ALIGN + REC_HEADER_SIZE + P);
     // A fresh file header: without durable mode, earlier contents are not used.
@@ -211,7 +219,7 @@ export class DiskTier implements Tier {
 
   /** Makes sure the open segment has `span` bytes free, opening a new one if needed. */
   private room(span: number, cleaner: boolean): AppendResult {
-    if (this.closed || this.failing) return 'failed';
+    if (this.closed || (this.failing && !cleaner)) return 'failed';
     if (this.cur >= 0 && this.curUsed + span <= this.segmentSize) return 'ok';
     return this.openSegment(cleaner);
   }
@@ -240,7 +248,7 @@ export class DiskTier implements Tier {
     }
     this.seal();
     const b = this.bufFree.pop()!;
-    const s = this.freeSegs[--this.freeCount]!;
+    const s = this.freeWritten > 0 ? this.freeSegs[--this.freeWritten]! : this.freshSegs[--this.freshCount]!;
     this.inUse++;
     this.cur = b;
     this.curSeg = s;
@@ -299,6 +307,7 @@ export class DiskTier implements Tier {
     this.bufFree.push(b);
     this.segSealed[s] = Date.now();
     this.segState[s] = SEALED;
+    this.segWritten[s] = 1;
     const i = this.stranded.indexOf(s);
     if (i >= 0) this.stranded.splice(i, 1);
     if (this.failing && this.stranded.length === 0) {
@@ -322,7 +331,12 @@ export class DiskTier implements Tier {
     if (this.retryTimer === undefined && !this.closed) {
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
-        for (const t of this.stranded.slice()) if (this.segState[t] === STRANDED) { this.segState[t] = WRITING; this.write(t); }
+        for (const t of this.stranded.slice()) {
+          if (this.segState[t] !== STRANDED) continue;
+          if (this.segLive[t] === 0) { this.dropStranded(t); continue; }
+          this.segState[t] = WRITING;
+          this.write(t);
+        }
       }, RETRY_MS);
       this.retryTimer.unref();
     }
@@ -433,7 +447,34 @@ export class DiskTier implements Tier {
     const span = recordSpan(len);
     this.segLive[w0]! -= span;
     this.c.disk_live_bytes -= span;
-    if (this.segLive[w0] === 0 && this.segState[w0] === SEALED) this.freeSegment(w0);
+    if (this.segLive[w0] !== 0) return;
+    if (this.segState[w0] === SEALED) this.freeSegment(w0);
+    else if (this.segState[w0] === STRANDED) this.dropStranded(w0);
+  }
+
+  /**
+   * A segment whose write failed and whose records are all released needs no write at all:
+   * its buffer and segment are freed, and once none is left stranded the tier takes appends again
+   * (e.g. a filesystem that filled up, after the client discarded what it had stored).
+   */
+  private dropStranded(s: number): void {
+    const b = this.segBuf[s]!;
+    this.segBuf[s] = -1;
+    this.bufFree.push(b);
+    this.stranded.splice(this.stranded.indexOf(s), 1);
+    this.segState[s] = SEALED; // so freeSegment's accounting applies
+    this.freeSegment(s);
+    // Its write failed (often: the filesystem could not allocate that range): hand it out last.
+    // Rare, so the O(n) shift is fine.
+    if (this.segWritten[s] === 0 && this.segState[s] === FREE) {
+      const i = this.freshSegs.subarray(0, this.freshCount).lastIndexOf(s);
+      if (i > 0) { this.freshSegs.copyWithin(1, 0, i); this.freshSegs[0] = s; }
+    }
+    if (this.failing && this.stranded.length === 0) {
+      this.failing = false;
+      this.events('info', 'disk tier writes recovered: the failed segments held nothing live any more', { path: this.path });
+    }
+    this.wake();
   }
 
   private freeSegment(s: number): void {
@@ -447,7 +488,8 @@ export class DiskTier implements Tier {
     if (this.segState[s] === FREEING) this.freeing--;
     this.inUse--;
     this.segState[s] = FREE;
-    this.freeSegs[this.freeCount++] = s;
+    if (this.segWritten[s] !== 0) this.freeSegs[this.freeWritten++] = s;
+    else this.freshSegs[this.freshCount++] = s;
     this.wake();
   }
 
@@ -462,11 +504,13 @@ export class DiskTier implements Tier {
   }
 
   needsCleaning(): boolean {
+    if (this.stranded.length > 0) return true; // segments to rescue
     const low = Math.max(this.reserve + 2, Math.ceil(this.segmentCount / 16));
     return this.freeCount < low;
   }
 
   cleaningCandidates(score: (live: number, used: number, ageSeconds: number) => number, max: number): number[] {
+    for (const t of this.stranded) if (this.segState[t] === STRANDED) return [t]; // rescue first
     const now = Date.now();
     const best: { s: number; v: number }[] = []; // at most `max` entries (a handful), not per segment
     for (let s = 0; s < this.segmentCount; s++) {
@@ -484,6 +528,7 @@ export class DiskTier implements Tier {
 
   async clean(s: number, owner: CleaningOwner): Promise<CleanResult> {
     const r: CleanResult = { outcome: 'done', moved_records: 0, moved_bytes: 0 };
+    if (!this.closed && this.segState[s] === STRANDED) return this.rescue(s, owner, r);
     if (this.closed || this.segState[s] !== SEALED) { r.outcome = 'gone'; return r; }
     const used = this.segUsed[s]!;
     const len = alignUp(used);
@@ -527,6 +572,34 @@ export class DiskTier implements Tier {
     }
     this.c.cleaned_segments++;
     this.freeSegment(s);
+    return r;
+  }
+
+  /**
+   * A segment whose write failed is emptied from its RAM buffer into other segments (preferring
+   * ranges written before), so one bad range — a filesystem that cannot allocate it, a bad sector —
+   * does not keep the tier failing. Synchronous: the buffer is in RAM.
+   */
+  private rescue(s: number, owner: CleaningOwner, r: CleanResult): CleanResult {
+    const b = this.bufs[this.segBuf[s]!]!;
+    const used = this.segUsed[s]!;
+    const rv = this.rv;
+    for (let at = SEG_HEADER_SIZE; at < used; at += recordSpan(rv.len)) {
+      if (!readRecordHeader(b, at, used, rv)) return this.damaged(s, r, `record header at ${at} in RAM`);
+      const what = owner.liveness(rv.id, s, at);
+      if (what === 'dead') continue;
+      const span = recordSpan(rv.len);
+      if (what === 'move') {
+        if (this.appendCopy(b, at, span) !== 'ok') { r.outcome = 'busy'; return r; }
+        owner.relocated(rv.id, this.lastW0, this.lastW1);
+        r.moved_records++;
+        r.moved_bytes += span;
+      }
+      this.segLive[s]! -= span;
+      this.c.disk_live_bytes -= span;
+      if (this.segLive[s] === 0) break; // dropStranded below; the rest are dead
+    }
+    if (this.segLive[s] === 0 && this.segState[s] === STRANDED) this.dropStranded(s);
     return r;
   }
 
