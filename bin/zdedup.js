@@ -5,5 +5,12 @@
 // Measured on the process-image corpus through NBD (zstd): RSS growth 113 -> 93 MiB, write speed
 // unchanged. V8 reads the flag only at start, so run this file directly (./bin/zdedup.js, the
 // npm bin link) or pass the flag to node yourself (the systemd units do).
-import { main } from '../dist/src/frontends/cli/main.js';
+//
+// No debugger by signal: Node opens its inspector (127.0.0.1:9229, full control of the process)
+// when it receives SIGUSR1, and Node 20 has no flag to turn that off (--disable-sigusr1 came in
+// Node 22.14). A JS listener for SIGUSR1 replaces the inspector's handler, so one is installed
+// here, first, before the CLI is even loaded, and never removed (removing the last listener
+// would restore the default action: exit). `serve` adds a log line on top of it.
+process.on('SIGUSR1', () => {});
+const { main } = await import('../dist/src/frontends/cli/main.js');
 main(process.argv.slice(2)).then((code) => { if (typeof code === 'number') process.exitCode = code; });

@@ -68,3 +68,30 @@ function replacer(_key: string, v: unknown): unknown {
 
 /** A logger that writes nothing (tests, library use). */
 export const silentLogger = new Logger('error', { write: () => true });
+
+/**
+ * Rate-limited warnings for events a client can cause at will (refused connections, timeouts):
+ * at most `burst` lines per key per `windowMs`; the lines left out are counted and their number
+ * is reported as `suppressed` on the next line of that key that is written.
+ */
+export class RateLimitedLog {
+  private readonly windows = new Map<string, { start: number; lines: number; suppressed: number }>();
+
+  constructor(private readonly log: Logger, private readonly burst = 10, private readonly windowMs = 60_000) {}
+
+  warn(key: string, msg: string, fields?: LogFields, now = Date.now()): void {
+    let w = this.windows.get(key);
+    if (w === undefined || now - w.start >= this.windowMs) {
+      const suppressed = w?.suppressed ?? 0;
+      w = { start: now, lines: 0, suppressed: 0 };
+      this.windows.set(key, w);
+      if (suppressed > 0) fields = { ...fields, suppressed };
+    }
+    if (w.lines >= this.burst) {
+      w.suppressed++;
+      return;
+    }
+    w.lines++;
+    this.log.warn(msg, fields);
+  }
+}

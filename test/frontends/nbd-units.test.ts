@@ -232,7 +232,8 @@ describe('zdedup serve configuration', () => {
     const s = resolveServeConfig({ stdio: true }, {});
     assert.equal(s.socket, null);
     assert.equal(s.http, null);
-    const tcp = resolveServeConfig({ listen: '0.0.0.0:1234' }, {});
+    // A non-loopback --listen without TLS credentials needs --tls=off --insecure (issue 8).
+    const tcp = resolveServeConfig({ listen: '0.0.0.0:1234', tls: 'off', insecure: true }, {});
     assert.equal(tcp.socket, null, 'TCP alone when only --listen is given');
     assert.deepEqual(tcp.listen, { host: '0.0.0.0', port: 1234 });
     assert.throws(() => resolveServeConfig({ logLevel: 'loud' }, {}), /log-level/);

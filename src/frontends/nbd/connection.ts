@@ -4,9 +4,12 @@
  * requests against an NbdExport.
  *
  *   GREETING ─▶ CLIENT_FLAGS ─▶ OPT_HEADER ⇄ OPT_DATA / OPT_SKIP
+ *                                   │  ⇅ STARTTLS: TLS_HANDSHAKE (the streams become a TLSSocket)
  *                                   │ GO / EXPORT_NAME
  *                                   ▼
  *                              REQ_HEADER ⇄ REQ_PAYLOAD (valid WRITE) / REQ_DRAIN (invalid WRITE)
+ *                                   │  ⇅ REQ_WAIT (a READ reply or large WRITE payload waits for
+ *                                   │            the server's buffer budget, budget.ts)
  *                                   │ DISC, protocol error, client half-close, server shutdown
  *                                   ▼
  *                               CLOSING  (only while requests are in flight: no more parsing,
@@ -51,19 +54,32 @@
  * - Stores are applied before their reply is sent (a write in flight is not answered until its
  *   Promise settles), so FLUSH and FUA need no work and their effects are visible to every
  *   connection of the export at reply time (what CAN_MULTI_CONN promises).
+ * - Buffer budget: a READ's reply buffer and a WRITE payload longer than PAYLOAD_SCRATCH are
+ *   charged to the server's BufferBudget before they are allocated or received, and given back
+ *   when the socket has taken the reply (write callback, in write order: `charged`) or the store
+ *   has taken the payload. `held` is this connection's total charge; closing gives it all back.
+ * - STARTTLS: the ACK is written in plaintext, the parser stops (TLS_HANDSHAKE), and once the
+ *   cork is released the raw stream is wrapped in a TLSSocket that replaces input and output. The
+ *   client waits for the ACK before sending its ClientHello, so no byte can be queued at the swap
+ *   (one would be a protocol error).
+ * - Timeouts are not timers here: the server's sweep (server.ts) reads `acceptedAt`, `negotiating`
+ *   and idleSince() and calls timeOut(); counting progress costs one increment per socket read.
  */
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../log.js';
+import type { BudgetHolder, BufferBudget } from './budget.js';
 import { ByteQueue } from './byte-queue.js';
 import type { LatencyHistogram, NbdCounters } from './counters.js';
 import type { NbdExport } from './export.js';
-import { Negotiator, type ExportDirectory } from './handshake.js';
+import { Negotiator, type ExportDirectory, type OptionOutcome } from './handshake.js';
 import {
   BLOCK_STATUS_MAX_EXTENTS, CHUNK, CHUNK_FLAG_DONE, CHUNK_HEADER_SIZE, CLIENT_FLAGS_KNOWN, CMD, CMDF, CMD_NAMES, ERRNO,
-  ERRNO_NAMES, FLAG_NO_ZEROES, IHAVEOPT, MAX_OPTION_DATA, META_ID_BASE_ALLOCATION, OPT, REQUEST_HEADER_SIZE,
+  ERRNO_NAMES, FLAG_NO_ZEROES, IHAVEOPT, MAX_OPTION_DATA, META_ID_BASE_ALLOCATION, OPT, REP, REQUEST_HEADER_SIZE,
   REQUEST_MAGIC, SIMPLE_REPLY_SIZE, encodeChunk, encodeErrorChunk, encodeGreeting, encodeSimpleReply, errnoForError,
   readOffset, validateRequest, type RequestContext, type RequestHeader, type WireErrno,
 } from './protocol.js';
+import { startTls, type TlsCredentials, type TlsMode } from './tls.js';
 
 /** Parser states (named, so logs and tests can say where a connection was). */
 export const State = {
@@ -71,7 +87,9 @@ export const State = {
   OPT_HEADER: 'opt_header',
   OPT_DATA: 'opt_data',
   OPT_SKIP: 'opt_skip',
+  TLS_HANDSHAKE: 'tls_handshake',
   REQ_HEADER: 'req_header',
+  REQ_WAIT: 'req_wait',
   REQ_PAYLOAD: 'req_payload',
   REQ_DRAIN: 'req_drain',
   CLOSING: 'closing',
@@ -95,8 +113,18 @@ export const MAX_IN_FLIGHT = 16;
 /** What a connection needs from its server. */
 export interface ConnectionHost extends ExportDirectory {
   readonly counters: NbdCounters;
+  readonly budget: BufferBudget;
   connectionClosed(c: NbdConnection): void;
 }
+
+/** Per-connection settings from its listener. */
+export interface ConnectionOptions {
+  /** TLS policy; 'on'/'require' need `tls`. */
+  tlsMode: TlsMode;
+  tls?: TlsCredentials;
+}
+
+const NO_TLS: ConnectionOptions = { tlsMode: 'off' };
 
 /**
  * Extents scratch shared by every connection: the server runs on one thread and a BLOCK_STATUS is
@@ -106,6 +134,27 @@ let extentScratch: Uint32Array | undefined;
 
 const ZERO_PADDING = Buffer.alloc(124);
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Why the client's certificate is not trusted, or null when it is (--tls-verify-peer). OpenSSL
+ * itself refuses a client that sends no certificate; a certificate that does not chain to
+ * ca-cert.pem is left to the application, and Node records the verdict only for sockets a
+ * tls.Server accepted (`authorized`). This reads the same verdict the way tls.Server does, and
+ * refuses when it cannot be read.
+ */
+function peerVerifyError(t: TLSSocket): string | null {
+  const handle = (t as unknown as { _handle?: { verifyError?: () => Error | null } })._handle;
+  if (typeof handle?.verifyError !== 'function') return 'cannot read the certificate verification result';
+  const err = handle.verifyError();
+  if (err !== null && err !== undefined) return (err as NodeJS.ErrnoException).code ?? err.message;
+  return t.getPeerCertificate().subject === undefined ? 'no client certificate' : null;
+}
+
+/** Bytes of the buffer a READ of `length` is answered with (what the budget is charged). */
+function readReplySize(length: number, structured: boolean): number {
+  if (!structured) return SIMPLE_REPLY_SIZE + length;
+  return length === 0 ? CHUNK_HEADER_SIZE : CHUNK_HEADER_SIZE + 8 + length;
+}
 
 /**
  * A request in flight: what its reply needs, copied out of the connection's `req`. Records are
@@ -121,10 +170,34 @@ class InFlight implements RequestHeader {
   start = 0;
   /** READ: the reply buffer the export is filling (header already encoded). */
   reply: Buffer | undefined = undefined;
+  /** Bytes charged to the buffer budget for this request (its reply or its payload). */
+  charge = 0;
 }
 
-export class NbdConnection {
+export class NbdConnection implements BudgetHolder {
   state: State = State.CLIENT_FLAGS;
+  /** Where the client is (for logs). */
+  peer = '';
+  /** Date.now() at accept (the handshake deadline runs from here). */
+  readonly acceptedAt = Date.now();
+  /** Socket reads and reply flushes so far: the sweep's measure of progress. */
+  progress = 0;
+  private progressSeen = -1;
+  private progressAt = 0;
+  /** Bytes charged to the server's buffer budget (BudgetHolder). */
+  held = 0;
+  /** Charge of the request being parsed or executed (moves to InFlight or `charged`). */
+  private charge = 0;
+  /** Charges of replies written and not yet taken by the socket, in write order. */
+  private readonly charged: number[] = [];
+  private chargedHead = 0;
+  private budgetGone = false;
+  /** REQ_WAIT: the charge asked for. */
+  private waitingFor = 0;
+  /** The raw socket under a TLSSocket, destroyed with it. */
+  private raw: Socket | undefined;
+  private input: Socket;
+  private output: Socket;
   private readonly queue = new ByteQueue();
   private readonly neg: Negotiator;
   private noZeroes = false;
@@ -162,12 +235,15 @@ export class NbdConnection {
 
   constructor(
     private readonly host: ConnectionHost,
-    private readonly input: Socket,
-    private readonly output: Socket,
+    input: Socket,
+    output: Socket,
     readonly id: number,
     private readonly log: Logger,
+    private readonly opts: ConnectionOptions = NO_TLS,
   ) {
-    this.neg = new Negotiator(host, (b) => this.send(b));
+    this.input = input;
+    this.output = output;
+    this.neg = new Negotiator(host, (b) => this.send(b), opts.tls !== undefined ? opts.tlsMode : 'off');
   }
 
   /** Sends the greeting and starts reading. */
@@ -175,24 +251,96 @@ export class NbdConnection {
     const c = this.host.counters;
     c.connections_accepted++;
     c.connections_active++;
-    this.input.on('data', (chunk: Buffer) => {
-      if (this.ending()) return; // nothing more is parsed once closing
-      this.queue.push(chunk);
-      this.pump();
-    });
-    this.input.on('end', () => this.onInputEnd());
-    this.input.on('error', (e) => this.onStreamError(e));
-    this.input.on('close', () => this.onClose());
-    if (this.output !== this.input) {
-      this.output.on('error', (e) => this.onStreamError(e));
-      this.output.on('close', () => this.onClose());
-    }
-    this.output.on('drain', () => {
-      if (!this.blocked || this.output.writableLength > OUTPUT_HIGH_WATER) return;
-      this.blocked = false;
-      this.pump();
-    });
+    this.attach();
     this.send(encodeGreeting());
+  }
+
+  // Stream listeners, as fields so they can be detached from the raw socket at STARTTLS.
+  private readonly onData = (chunk: Buffer): void => {
+    this.progress++;
+    if (this.ending()) return; // nothing more is parsed once closing
+    this.queue.push(chunk);
+    this.pump();
+  };
+  private readonly onEnd = (): void => this.onInputEnd();
+  private readonly onError = (e: Error): void => this.onStreamError(e);
+  private readonly onCloseEvent = (): void => this.onClose();
+  private readonly onDrain = (): void => {
+    this.progress++;
+    if (!this.blocked || this.output.writableLength > OUTPUT_HIGH_WATER) return;
+    this.blocked = false;
+    this.pump();
+  };
+  /** Write callback of a charged reply: the socket has it, give its charge back. */
+  private readonly onChargedFlush = (): void => {
+    if (this.budgetGone) return;
+    const n = this.charged[this.chargedHead++]!;
+    if (this.chargedHead === this.charged.length) { this.charged.length = 0; this.chargedHead = 0; }
+    this.progress++;
+    this.host.budget.give(this, n);
+  };
+
+  private attach(): void {
+    this.input.on('data', this.onData);
+    this.input.on('end', this.onEnd);
+    this.input.on('error', this.onError);
+    this.input.on('close', this.onCloseEvent);
+    if (this.output !== this.input) {
+      this.output.on('error', this.onError);
+      this.output.on('close', this.onCloseEvent);
+    }
+    this.output.on('drain', this.onDrain);
+  }
+
+  private detach(): void {
+    for (const s of this.input === this.output ? [this.input] : [this.input, this.output]) {
+      s.off('data', this.onData);
+      s.off('end', this.onEnd);
+      s.off('error', this.onError);
+      s.off('close', this.onCloseEvent);
+      s.off('drain', this.onDrain);
+    }
+  }
+
+  // ---- limits (read by the server's sweep) ---------------------------------------------------
+
+  /** Still in the option phase (the handshake deadline applies). */
+  get negotiating(): boolean { return this.exp === undefined && !this.ending(); }
+
+  /**
+   * Since when (Date.now()) this connection has been stuck on its client: a request partly
+   * received, or replies the client does not read, with no progress since; 0 when it is not.
+   * Called by the sweep, which is what makes `progress` a clock.
+   */
+  idleSince(now: number): number {
+    const waitingOnClient = this.exp !== undefined && !this.ending() && (
+      this.blocked || this.state === State.REQ_PAYLOAD || this.state === State.REQ_DRAIN ||
+      (this.state === State.REQ_HEADER && this.queue.length > 0));
+    if (!waitingOnClient) { this.progressSeen = -1; return 0; }
+    if (this.progress !== this.progressSeen) { this.progressSeen = this.progress; this.progressAt = now; }
+    return this.progressAt;
+  }
+
+  /** Closed by a limit (handshake deadline, idle timeout, eviction): logged by the server. */
+  timeOut(): void {
+    this.state = State.CLOSED;
+    this.destroy();
+  }
+
+  /** BudgetHolder: the charge this connection waited for is reserved (REQ_WAIT ends). */
+  granted(): void {
+    if (this.state !== State.REQ_WAIT) return; // closed meanwhile: forget() gave it back
+    const r = this.req;
+    this.charge = this.waitingFor;
+    this.waitingFor = 0;
+    if (r.type === CMD.WRITE) {
+      this.state = State.REQ_PAYLOAD;
+    } else {
+      this.state = State.REQ_HEADER;
+      this.output.cork();
+      try { this.execute(EMPTY); } finally { this.output.uncork(); }
+    }
+    this.pump();
   }
 
   /**
@@ -214,6 +362,7 @@ export class NbdConnection {
   destroy(): void {
     this.input.destroy();
     if (this.output !== this.input) this.output.destroy();
+    this.raw?.destroy();
   }
 
   // ---- the parser ---------------------------------------------------------------------------
@@ -230,6 +379,7 @@ export class NbdConnection {
       this.output.uncork();
     }
     if (this.ending()) return;
+    if (this.state === State.TLS_HANDSHAKE) { this.beginTls(); return; }
     if (this.blocked || this.parked()) this.input.pause();
     else if (this.inputEnded) this.endAfterInput();
     else if (this.shuttingDown && this.state !== State.REQ_PAYLOAD && this.state !== State.REQ_DRAIN) this.finish('server shutdown');
@@ -299,14 +449,68 @@ export class NbdConnection {
         this.state = State.REQ_HEADER;
         return true;
       }
+      case State.TLS_HANDSHAKE:
+      case State.REQ_WAIT:
       case State.CLOSING:
       case State.CLOSED:
         return false;
     }
   }
 
-  private afterOption(outcome: 'continue' | 'transmit' | 'close'): boolean {
+  /**
+   * STARTTLS was answered and the ACK has left the cork: wrap the raw stream(s) in a TLSSocket,
+   * which from now on is both input and output. Options resume inside TLS once it is 'secure'.
+   */
+  private beginTls(): void {
+    const creds = this.opts.tls!;
+    const rawIn = this.input;
+    const rawOut = this.output;
+    this.detach();
+    let t;
+    try {
+      t = startTls(rawIn, rawOut, creds);
+    } catch (e) {
+      this.host.counters.tls_handshake_failed++;
+      this.log.error('cannot start TLS', { cause: e });
+      this.state = State.CLOSED;
+      rawIn.destroy();
+      rawOut.destroy();
+      return;
+    }
+    // The raw socket(s) go with the TLS socket (a net.Server counts its connection until the raw one closes).
+    this.raw = rawIn;
+    if (rawOut !== rawIn) t.once('close', () => rawOut.destroy());
+    t.once('close', () => rawIn.destroy());
+    this.input = t;
+    this.output = t;
+    this.attach();
+    t.once('secure', () => {
+      if (this.isClosed()) return;
+      const refused = creds.socketOptions.requestCert === true ? peerVerifyError(t) : null;
+      if (refused !== null) {
+        this.host.counters.tls_handshake_failed++;
+        this.note('TLS client certificate refused', { why: refused });
+        this.state = State.CLOSED;
+        this.destroy();
+        return;
+      }
+      this.host.counters.tls_handshakes++;
+      this.neg.tlsStarted();
+      this.log.debug('TLS established', { kind: creds.kind, protocol: t.getProtocol(), cipher: t.getCipher()?.name });
+      this.state = State.OPT_HEADER;
+      this.pump();
+    });
+  }
+
+  private afterOption(outcome: OptionOutcome): boolean {
     const refusal = this.neg.lastRefusal;
+    if (refusal?.reply === REP.ERR_TLS_REQD) this.host.counters.tls_refused++;
+    if (outcome === 'starttls') {
+      // The ACK is queued (corked); pump() releases it, then calls beginTls().
+      if (this.queue.length > 0) return this.protocolError('data after STARTTLS before the TLS handshake');
+      this.state = State.TLS_HANDSHAKE;
+      return false;
+    }
     if (outcome === 'continue') {
       if (refusal !== null) {
         this.host.counters.options_refused++;
@@ -369,6 +573,8 @@ export class NbdConnection {
         if (r.length === 0) {
           this.replyOk();
           this.observe(this.host.counters.latency.write);
+        } else if (r.length > PAYLOAD_SCRATCH && !this.takeBudget(r.length)) {
+          return false; // REQ_WAIT: the payload is not read until granted()
         }
       } else {
         this.pendingErrno = errno;
@@ -381,9 +587,24 @@ export class NbdConnection {
       this.replyError(errno);
       this.observe(this.host.counters.latency.other);
     } else {
+      if (r.type === CMD.READ && !this.takeBudget(readReplySize(r.length, this.ctx.structured))) return false;
       this.execute(EMPTY);
     }
     return true;
+  }
+
+  /**
+   * Charges `bytes` for the current request; when they do not fit, parks in REQ_WAIT (granted()
+   * resumes) and returns false.
+   */
+  private takeBudget(bytes: number): boolean {
+    if (this.host.budget.take(this, bytes)) {
+      this.charge = bytes;
+      return true;
+    }
+    this.waitingFor = bytes;
+    this.state = State.REQ_WAIT;
+    return false;
   }
 
   // ---- commands -----------------------------------------------------------------------------
@@ -440,6 +661,8 @@ export class NbdConnection {
     } catch (err) {
       this.replyError(errnoForError(err, this.log, { cmd: CMD_NAMES[r.type] ?? String(r.type), offset: r.offset, length: r.length }), true);
     }
+    // A WRITE payload the store has taken, or a READ reply that was never sent (error).
+    if (this.charge !== 0) { this.host.budget.give(this, this.charge); this.charge = 0; }
     this.observe(hist);
   }
 
@@ -451,7 +674,7 @@ export class NbdConnection {
     if (this.ctx.structured) {
       if (r.length === 0) {
         this.send(encodeChunk(CHUNK_FLAG_DONE, CHUNK.NONE, r.cookie, 0));
-        return true;
+        return true; // execute() gives the (header-sized) charge back
       }
       // One OFFSET_DATA chunk covering the whole request (so DF is always honoured).
       b = encodeChunk(CHUNK_FLAG_DONE, CHUNK.OFFSET_DATA, r.cookie, 8 + r.length);
@@ -467,13 +690,19 @@ export class NbdConnection {
       this.startInFlight(res as Promise<void>, b);
       return false;
     }
-    this.readDone(r, b);
+    this.readDone(r, b, this.charge);
+    this.charge = 0;
     return true;
   }
 
-  private readDone(r: RequestHeader, reply: Buffer): void {
+  /** Sends a READ reply; its charge is given back when the socket has taken it. */
+  private readDone(r: RequestHeader, reply: Buffer, charge: number): void {
     this.host.counters.bytes_read += r.length;
-    this.send(reply);
+    if (charge === 0) { this.send(reply); return; }
+    if (this.state === State.CLOSED || !this.output.writable) { this.host.budget.give(this, charge); return; }
+    this.charged.push(charge);
+    this.output.write(reply, this.onChargedFlush);
+    if (this.output.writableLength > OUTPUT_HIGH_WATER) this.blocked = true;
   }
 
   private writeDone(r: RequestHeader, errno: WireErrno): void {
@@ -485,7 +714,7 @@ export class NbdConnection {
 
   /** The parser must wait: at the in-flight bound, or behind a write in flight (ordering rule). */
   private parked(): boolean {
-    return this.inFlight >= MAX_IN_FLIGHT || this.writesInFlight !== 0;
+    return this.inFlight >= MAX_IN_FLIGHT || this.writesInFlight !== 0 || this.state === State.REQ_WAIT || this.state === State.TLS_HANDSHAKE;
   }
 
   /** Copies what the reply needs out of `req` and answers when `pending` settles. */
@@ -499,6 +728,8 @@ export class NbdConnection {
     p.length = r.length;
     p.start = this.reqStart;
     p.reply = reply;
+    p.charge = this.charge;
+    this.charge = 0;
     this.inFlight++;
     if (r.type !== CMD.READ) this.writesInFlight++;
     pending.then((v) => this.settle(p, v, undefined, false), (err: unknown) => this.settle(p, undefined, err, true));
@@ -520,7 +751,7 @@ export class NbdConnection {
         else this.log.debug('reply dropped, connection closed', what);
       } else {
         if (failed) this.replyError(errnoForError(err, this.log, what), true, p);
-        else if (p.type === CMD.READ) this.readDone(p, p.reply!);
+        else if (p.type === CMD.READ) { this.readDone(p, p.reply!, p.charge); p.charge = 0; }
         else if (p.type === CMD.WRITE) this.writeDone(p, value as WireErrno);
         else this.replyStatus(value as WireErrno, p);
         const lat = this.host.counters.latency;
@@ -531,6 +762,9 @@ export class NbdConnection {
       this.state = State.CLOSED;
       this.destroy();
     }
+    // A payload the store has taken, a reply not sent; after close, forget() gave it back already.
+    if (p.charge !== 0 && !this.budgetGone) this.host.budget.give(this, p.charge);
+    p.charge = 0;
     p.reply = undefined;
     this.spare.push(p);
     if (this.state === State.CLOSING) {
@@ -645,6 +879,13 @@ export class NbdConnection {
    */
   private onInputEnd(): void {
     this.inputEnded = true;
+    if (this.state === State.TLS_HANDSHAKE) {
+      // The client gave up after STARTTLS (e.g. it had no key for its user): nothing to answer.
+      this.host.counters.handshake_aborted++;
+      this.host.counters.tls_handshake_failed++;
+      this.finish('client closed during the TLS handshake');
+      return;
+    }
     if (this.ending() || this.blocked || this.parked()) return; // pump() ends it once caught up
     this.pump();
   }
@@ -662,6 +903,10 @@ export class NbdConnection {
   }
 
   private onStreamError(e: Error): void {
+    if (this.state === State.TLS_HANDSHAKE) {
+      this.host.counters.tls_handshake_failed++;
+      this.note('TLS handshake failed', { cause: e });
+    }
     this.log.debug('stream error', { cause: e });
     this.state = State.CLOSED;
     this.destroy();
@@ -679,6 +924,9 @@ export class NbdConnection {
     this.queue.clear();
     if (this.suppressed > 0) this.log.warn('request problems not logged', { suppressed: this.suppressed });
     this.host.counters.connections_active--;
+    this.budgetGone = true;
+    this.charge = 0;
+    this.host.budget.forget(this);
     this.host.connectionClosed(this);
     this.resolveClosed();
   }

@@ -65,6 +65,17 @@ export class NbdCounters {
   request_errors_total = 0;    // requests answered with a non-zero error
   bytes_read = 0;              // payload bytes returned by READ
   bytes_written = 0;           // payload bytes accepted by WRITE
+  // Limits (see server.ts "Limits"):
+  connections_refused_limit = 0; // closed at accept: --max-connections reached and none still negotiating to evict
+  handshake_evicted = 0;       // closed while negotiating, the oldest such, to make room for a new connection at the cap
+  handshake_timeouts = 0;      // closed for not entering transmission within the handshake deadline
+  idle_timeouts = 0;           // closed with a request partly sent or replies unread, and no progress for the idle timeout
+  buffered_bytes = 0;          // gauge: request payloads and READ replies held now, across connections (the buffer budget)
+  buffer_waits = 0;            // requests that waited for the buffer budget before being received or answered
+  // TLS:
+  tls_handshakes = 0;          // TLS sessions established after STARTTLS
+  tls_handshake_failed = 0;    // STARTTLS answered but the TLS handshake failed (wrong PSK, untrusted certificate, not TLS)
+  tls_refused = 0;             // options answered ERR_TLS_REQD (plaintext client while TLS is required), EXPORT_NAME included
   /** Requests by command type (index = NBD command, last slot = unknown types). */
   readonly requests = new Float64Array(CMD_NAMES.length + 1);
   /** Error replies by wire errno name (EINVAL, ENOSPC, ...). */
@@ -105,6 +116,15 @@ export class NbdCounters {
       request_errors_total: this.request_errors_total,
       bytes_read: this.bytes_read,
       bytes_written: this.bytes_written,
+      connections_refused_limit: this.connections_refused_limit,
+      handshake_evicted: this.handshake_evicted,
+      handshake_timeouts: this.handshake_timeouts,
+      idle_timeouts: this.idle_timeouts,
+      buffered_bytes: this.buffered_bytes,
+      buffer_waits: this.buffer_waits,
+      tls_handshakes: this.tls_handshakes,
+      tls_handshake_failed: this.tls_handshake_failed,
+      tls_refused: this.tls_refused,
       requests: byCmd,
       errors: { ...this.errors },
       latency: {

@@ -10,15 +10,23 @@
  * Outcome of an option:
  *   'continue'  stay in the option phase (also after every error reply, including a failed GO)
  *   'transmit'  GO succeeded or EXPORT_NAME found its export: enter transmission with `export`
- *   'close'     ABORT answered, or EXPORT_NAME named an unknown export (no error reply exists)
+ *   'starttls'  STARTTLS answered ACK: the connection must run the TLS handshake on the raw stream
+ *               next, then call tlsStarted() and go on with options inside TLS
+ *   'close'     ABORT answered, or EXPORT_NAME named an unknown export (no error reply exists), or
+ *               EXPORT_NAME without TLS while TLS is required
+ *
+ * TLS (tls.ts): with mode 'require', until STARTTLS has succeeded every option but STARTTLS and
+ * ABORT is answered ERR_TLS_REQD, the spec's rule for a server that insists on TLS. STARTTLS resets
+ * what was negotiated in plaintext (structured replies, meta contexts), as the spec requires.
  */
 import type { NbdExport } from './export.js';
+import type { TlsMode } from './tls.js';
 import {
   BLOCK_MIN, INFO, MAX_PAYLOAD, MAX_STRING, META_BASE_ALLOCATION, META_ID_BASE_ALLOCATION, OPT, REP, TF,
   encodeOptionReply,
 } from './protocol.js';
 
-export type OptionOutcome = 'continue' | 'transmit' | 'close';
+export type OptionOutcome = 'continue' | 'transmit' | 'starttls' | 'close';
 
 /** What the negotiator needs from the server: the exports, looked up by name. */
 export interface ExportDirectory {
@@ -41,15 +49,27 @@ export class Negotiator {
   transmissionFlags = 0;
   /** Set by the last refused option (for logging), cleared by the next success. */
   lastRefusal: OptionRefusal | null = null;
+  /** TLS is up on this connection (STARTTLS answered and the TLS handshake done). */
+  tlsActive = false;
 
   constructor(
     private readonly dir: ExportDirectory,
     private readonly send: (b: Buffer) => void,
+    /** This listener's TLS policy ('off' when no credentials are loaded). */
+    private readonly tlsMode: TlsMode = 'off',
   ) {}
 
   /** Answers one complete option. `data` is valid only during the call. */
   handle(opt: number, data: Buffer): OptionOutcome {
     this.lastRefusal = null;
+    if (opt === OPT.STARTTLS) return this.startTls(opt, data);
+    if (this.tlsMode === 'require' && !this.tlsActive && opt !== OPT.ABORT) {
+      if (opt === OPT.EXPORT_NAME) {
+        this.lastRefusal = { opt, reply: REP.ERR_TLS_REQD, why: 'EXPORT_NAME without TLS while TLS is required (disconnect)' };
+        return 'close';
+      }
+      return this.refuse(opt, REP.ERR_TLS_REQD, 'TLS is required: send STARTTLS first');
+    }
     switch (opt) {
       case OPT.EXPORT_NAME: return this.exportName(data);
       case OPT.ABORT:
@@ -66,9 +86,17 @@ export class Negotiator {
       case OPT.LIST_META_CONTEXT:
       case OPT.SET_META_CONTEXT: return this.metaContext(opt, data);
       default:
-        // STARTTLS (no TLS here), EXTENDED_HEADERS (experimental) and anything unknown.
+        // EXTENDED_HEADERS (experimental) and anything unknown.
         return this.refuse(opt, REP.ERR_UNSUP, 'unsupported option');
     }
+  }
+
+  /** The TLS handshake after STARTTLS succeeded: forget what was negotiated in plaintext. */
+  tlsStarted(): void {
+    this.tlsActive = true;
+    this.structured = false;
+    this.metaAllocation = false;
+    this.metaExport = null;
   }
 
   /** Reply to an option that was too large to buffer (its data was skipped). */
@@ -78,6 +106,14 @@ export class Negotiator {
   }
 
   // ---- options ----------------------------------------------------------------------------
+
+  private startTls(opt: number, data: Buffer): OptionOutcome {
+    if (this.tlsMode === 'off') return this.refuse(opt, REP.ERR_UNSUP, 'TLS is not configured on this server');
+    if (data.length !== 0) return this.refuse(opt, REP.ERR_INVALID, 'STARTTLS takes no data');
+    if (this.tlsActive) return this.refuse(opt, REP.ERR_INVALID, 'TLS is already active');
+    this.reply(opt, REP.ACK);
+    return 'starttls';
+  }
 
   private exportName(data: Buffer): OptionOutcome {
     const e = data.length <= MAX_STRING ? this.dir.findExport(data.toString('utf8')) : undefined;

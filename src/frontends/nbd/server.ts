@@ -10,17 +10,79 @@
  * Several connections may serve one export at once (CAN_MULTI_CONN): each applies its writes to
  * the shared store before replying, and everything runs on one thread, so a reply on one connection
  * means every other connection already sees the data.
+ *
+ * Limits (what a misbehaving or hostile client can hold):
+ *   maxConnections      at the cap, a new connection evicts the oldest one still negotiating (a
+ *                       client that connects and sends nothing cannot lock others out for the
+ *                       whole deadline); when every connection is in transmission it is refused
+ *   handshakeTimeoutMs  from accept to transmission (options, TLS handshake included)
+ *   idleTimeoutMs       a request partly received, or replies not being read, with no progress
+ *                       (an idle client between requests is never closed: swap can be quiet for days)
+ *   maxBufferedBytes    the buffer budget shared by all connections (budget.ts)
+ * The two timeouts are enforced by one sweep timer per server (period: a quarter of the shorter
+ * timeout, at most 1 s), not a timer per connection or per request. Refusals and timeouts are
+ * counted and logged, at most 10 lines a minute per kind.
+ *
+ * Unix sockets: see unix-socket.ts (0600 whatever the umask, safe directory, lock against a
+ * concurrent start). TLS: per listener mode (tls.ts), one set of credentials per server.
  */
-import { mkdirSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import type { PageStore } from '../../core/page-store.js';
 import { ZdedupError } from '../../core/errors.js';
-import type { Logger } from '../log.js';
-import { NbdConnection, type ConnectionHost } from './connection.js';
+import { RateLimitedLog, type Logger } from '../log.js';
+import { ensureSocketDirectory } from '../paths.js';
+import { BufferBudget, DEFAULT_BUDGET, RECLAIM_AFTER } from './budget.js';
+import { NbdConnection, type ConnectionHost, type ConnectionOptions } from './connection.js';
 import { NbdCounters } from './counters.js';
 import { NbdExport, type ExportSpec } from './export.js';
 import { MAX_STRING } from './protocol.js';
+import type { TlsCredentials, TlsMode } from './tls.js';
+import { SocketLock, listenPrivately, removeStaleSocket } from './unix-socket.js';
+
+/** Connection limits (see the file comment). A timeout of 0 disables it. */
+export interface NbdLimits {
+  /** Connections open at once, stdio included (default 64). */
+  maxConnections: number;
+  /** From accept to transmission (default 10 s). */
+  handshakeTimeoutMs: number;
+  /** A partial request or unread replies with no progress (default 60 s). */
+  idleTimeoutMs: number;
+  /** Request payloads and READ replies held at once, all connections (default 256 MiB, at least 32 MiB + 64 KiB). */
+  maxBufferedBytes: number;
+}
+
+/** After the budget empties: wait this long, and collect at most once per interval. */
+const RECLAIM_DELAY_MS = 200;
+const RECLAIM_INTERVAL_MS = 5000;
+
+let gcFn: (() => void) | null | undefined;
+/**
+ * V8's full collection. Node exposes it only under --expose-gc; the flag can be set at run time
+ * and the function fetched from a fresh context (V8 installs `gc` in contexts created after the
+ * flag is set). Null if that fails.
+ */
+function fullGc(): (() => void) | null {
+  if (gcFn === undefined) {
+    try {
+      v8.setFlagsFromString('--expose-gc');
+      gcFn = vm.runInNewContext('gc') as () => void;
+    } catch {
+      gcFn = null;
+    }
+  }
+  return gcFn;
+}
+
+export const DEFAULT_LIMITS: Readonly<NbdLimits> = {
+  maxConnections: 64,
+  handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 60_000,
+  maxBufferedBytes: DEFAULT_BUDGET,
+};
 
 export interface NbdServerOptions {
   store: PageStore;
@@ -29,6 +91,18 @@ export interface NbdServerOptions {
   /** At least one; names unique. */
   exports: ExportSpec[];
   log: Logger;
+  limits?: Partial<NbdLimits>;
+  /** TLS credentials (tls.ts); needed by any listener whose mode is 'on' or 'require'. */
+  tls?: TlsCredentials;
+}
+
+/** Per listener: its TLS mode (default 'off'). */
+export interface ListenOptions { tls?: TlsMode }
+
+/** A unix listener: also the socket's mode (default 0600) and group. */
+export interface UnixListenOptions extends ListenOptions {
+  mode?: number;
+  gid?: number;
 }
 
 /** Per-export facts for /stats. Page counts are the store's live per-area counters. */
@@ -48,15 +122,30 @@ export interface ExportInfo {
 export class NbdServer implements ConnectionHost {
   readonly counters = new NbdCounters();
   readonly exports: readonly NbdExport[];
+  readonly limits: Readonly<NbdLimits>;
+  readonly budget: BufferBudget;
   private readonly byName = new Map<string, NbdExport>();
   private readonly listeners: net.Server[] = [];
+  private readonly locks: SocketLock[] = [];
+  /** Open connections in accept order (eviction takes the oldest still negotiating). */
   private readonly conns = new Set<NbdConnection>();
   private nextId = 1;
   private closing = false;
   private readonly log: Logger;
+  private readonly limited: RateLimitedLog;
+  private sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: NbdServerOptions) {
     this.log = opts.log;
+    this.limited = new RateLimitedLog(opts.log);
+    const limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    for (const [k, v] of Object.entries(limits)) {
+      if (!Number.isSafeInteger(v) || v < 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `limit ${k} must be a non-negative integer, got ${v}`);
+    }
+    if (limits.maxConnections < 1) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'at least one connection must be allowed (--max-connections)');
+    this.limits = limits;
+    this.budget = new BufferBudget(limits.maxBufferedBytes, this.counters);
+    this.budget.onDrained = () => this.scheduleReclaim();
     if (opts.exports.length === 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'at least one export is needed');
     const list: NbdExport[] = [];
     for (const spec of opts.exports) {
@@ -84,32 +173,53 @@ export class NbdServer implements ConnectionHost {
   // ---- listeners ----------------------------------------------------------------------------
 
   /**
-   * Listens on a unix socket. Creates the directory; removes a stale socket file left by a server
-   * that died, but refuses if a server still answers there or the path is not a socket.
+   * Listens on a unix socket, mode 0600 (or `mode`) whatever the umask, group `gid` if given.
+   * The directory is created (0700) if missing and must be safe (paths.ts). Takes PATH.lock for
+   * the server's lifetime, so a second server on the same path fails without touching anything;
+   * under the lock, removes a stale socket file left by a server that died, but refuses if a
+   * server still answers there, the path is not a socket, or another user owns it.
    */
-  async listenUnix(path: string): Promise<void> {
-    mkdirSync(dirname(path), { recursive: true });
-    await removeStaleSocket(path);
-    await this.listen((s) => s.listen(path), `unix:${path}`);
+  async listenUnix(path: string, o: UnixListenOptions = {}): Promise<void> {
+    const mode = o.mode ?? 0o600;
+    ensureSocketDirectory(dirname(path), { group: (mode & 0o060) !== 0, others: (mode & 0o006) !== 0, gid: o.gid });
+    const lock = SocketLock.acquire(path);
+    let srv: net.Server | undefined;
+    try {
+      await removeStaleSocket(path);
+      srv = await this.listen((s) => listenPrivately(s, path), `unix:${path}`, o);
+      if (mode !== 0o600) chmodSync(path, mode);
+      if (o.gid !== undefined) chownSync(path, -1, o.gid);
+    } catch (e) {
+      if (srv !== undefined) {
+        this.listeners.splice(this.listeners.indexOf(srv), 1);
+        await new Promise<void>((r) => srv!.close(() => r()));
+      }
+      lock.release();
+      if ((e as NodeJS.ErrnoException).code === 'EPERM' && o.gid !== undefined) {
+        throw new ZdedupError('ERR_INVALID_ARGUMENT', `--socket-group: cannot give ${path} to gid ${o.gid} (not a member of that group?)`, { cause: e });
+      }
+      throw e;
+    }
+    this.locks.push(lock);
   }
 
   /** Listens on TCP (host defaults to 127.0.0.1). Returns the bound port (useful with port 0). */
-  async listenTcp(host: string, port: number): Promise<number> {
-    const s = await this.listen((srv) => srv.listen({ host, port }), `tcp:${host}:${port}`);
+  async listenTcp(host: string, port: number, o: ListenOptions = {}): Promise<number> {
+    const s = await this.listen((srv) => srv.listen({ host, port }), `tcp:${host}:${port}`, o);
     return (s.address() as net.AddressInfo).port;
   }
 
   /** Accepts on an inherited listening socket (systemd / libnbd socket activation). */
-  async listenFd(fd: number): Promise<void> {
-    await this.listen((s) => s.listen({ fd }), `fd:${fd}`);
+  async listenFd(fd: number, o: ListenOptions = {}): Promise<void> {
+    await this.listen((s) => s.listen({ fd }), `fd:${fd}`, o);
   }
 
   /**
    * Serves one connection over a pair of streams (stdin/stdout for --stdio). Resolves when it
    * closes.
    */
-  serveStreams(input: net.Socket, output: net.Socket): Promise<void> {
-    const c = this.accept(input, output, 'stdio');
+  serveStreams(input: net.Socket, output: net.Socket, o: ListenOptions = {}): Promise<void> {
+    const c = this.accept(input, output, 'stdio', this.connectionOptions(o));
     return c.closed;
   }
 
@@ -120,6 +230,8 @@ export class NbdServer implements ConnectionHost {
   async close(graceMs = 5000): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    clearInterval(this.sweepTimer);
+    clearTimeout(this.reclaimTimer);
     // net.Server.close() calls back only once every connection it accepted has ended: start it
     // (no new connections from here on), shut the connections down, then wait for both.
     const listenersClosed = Promise.all(this.listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
@@ -132,6 +244,9 @@ export class NbdServer implements ConnectionHost {
     for (const c of this.conns) c.destroy();
     await Promise.all(all.map((c) => c.closed));
     await listenersClosed;
+    // The unix sockets are gone (closing a listener unlinks its path): now let another server in.
+    for (const l of this.locks) l.release();
+    this.locks.length = 0;
   }
 
   // ---- /stats -------------------------------------------------------------------------------
@@ -150,11 +265,21 @@ export class NbdServer implements ConnectionHost {
 
   // ---- internals ----------------------------------------------------------------------------
 
-  private async listen(start: (s: net.Server) => void, where: string): Promise<net.Server> {
+  private connectionOptions(o: ListenOptions): ConnectionOptions {
+    const mode = o.tls ?? 'off';
+    if (mode !== 'off' && this.opts.tls === undefined) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', `--tls=${mode} needs credentials: --tls-certificates DIR or --tls-psk FILE`);
+    }
+    return { tlsMode: mode, tls: mode === 'off' ? undefined : this.opts.tls };
+  }
+
+  private async listen(start: (s: net.Server) => void, where: string, o: ListenOptions): Promise<net.Server> {
+    const copts = this.connectionOptions(o);
     // allowHalfOpen: the connection decides when to end its side (after flushing its replies).
     const srv = net.createServer({ allowHalfOpen: true, noDelay: true }, (sock) => {
       if (this.closing) { sock.destroy(); return; }
-      this.accept(sock, sock, where);
+      if (!this.makeRoom(sock, where)) return;
+      this.accept(sock, sock, where, copts);
     });
     await new Promise<void>((resolve, reject) => {
       srv.once('error', reject);
@@ -166,32 +291,102 @@ export class NbdServer implements ConnectionHost {
     return srv;
   }
 
-  private accept(input: net.Socket, output: net.Socket, where: string): NbdConnection {
+  private accept(input: net.Socket, output: net.Socket, where: string, copts: ConnectionOptions): NbdConnection {
     const id = this.nextId++;
     const peer = input.remoteAddress !== undefined ? `${input.remoteAddress}:${input.remotePort}` : where;
     const log = this.log.child({ conn: id });
-    const c = new NbdConnection(this, input, output, id, log);
+    const c = new NbdConnection(this, input, output, id, log, copts);
+    c.peer = peer;
     this.conns.add(c);
     log.debug('connection', { peer });
     c.start();
+    this.startSweep();
     return c;
   }
-}
 
-/** Removes `path` if it is a socket nobody listens on; throws if a server answers or it is not a socket. */
-async function removeStaleSocket(path: string): Promise<void> {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return; // nothing there
+  // ---- limits -------------------------------------------------------------------------------
+
+  /**
+   * At --max-connections: evict the oldest connection still negotiating, or refuse `sock` (closed
+   * at once, nothing sent: the greeting has no way to say "busy"). Returns whether to accept.
+   */
+  private makeRoom(sock: net.Socket, where: string): boolean {
+    if (this.conns.size < this.limits.maxConnections) return true;
+    const peer = sock.remoteAddress !== undefined ? `${sock.remoteAddress}:${sock.remotePort}` : where;
+    for (const c of this.conns) {
+      if (!c.negotiating) continue;
+      this.counters.handshake_evicted++;
+      this.limited.warn('handshake_evicted', 'connection limit reached: closing the oldest connection still negotiating', {
+        conn: c.id, peer: c.peer, max_connections: this.limits.maxConnections,
+      });
+      this.drop(c);
+      return true;
+    }
+    this.counters.connections_refused_limit++;
+    this.limited.warn('connections_refused_limit', 'connection limit reached: refusing a connection', { peer, max_connections: this.limits.maxConnections });
+    sock.destroy();
+    return false;
   }
-  if (!st.isSocket()) throw new ZdedupError('ERR_INVALID_ARGUMENT', `${path} exists and is not a socket; refusing to replace it`);
-  const alive = await new Promise<boolean>((resolve) => {
-    const s = net.connect(path);
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => resolve(false));
-  });
-  if (alive) throw new ZdedupError('ERR_INVALID_ARGUMENT', `another server is listening on ${path}`);
-  unlinkSync(path);
+
+  /** Closes a connection for a limit; it no longer counts against the cap from this moment. */
+  private drop(c: NbdConnection): void {
+    this.conns.delete(c);
+    c.timeOut();
+  }
+
+  private reclaimTimer: NodeJS.Timeout | undefined;
+  private lastReclaim = 0;
+
+  /**
+   * The budget emptied after a burst: in a moment, if it is still nearly empty, run one full
+   * garbage collection so the reply buffers just released are unmapped (budget.ts). At most one
+   * every RECLAIM_INTERVAL_MS; a collection of this server's small JS heap is a few milliseconds.
+   */
+  private scheduleReclaim(): void {
+    if (this.reclaimTimer !== undefined || this.closing) return;
+    const wait = Math.max(RECLAIM_DELAY_MS, this.lastReclaim + RECLAIM_INTERVAL_MS - Date.now());
+    this.reclaimTimer = setTimeout(() => {
+      this.reclaimTimer = undefined;
+      if (this.budget.inUse >= RECLAIM_AFTER) return;
+      this.lastReclaim = Date.now();
+      const gc = fullGc();
+      if (gc === null) return;
+      const t0 = performance.now();
+      gc();
+      this.log.debug('buffers reclaimed after a burst', { gc_ms: Math.round((performance.now() - t0) * 10) / 10 });
+    }, wait);
+    this.reclaimTimer.unref();
+  }
+
+  private startSweep(): void {
+    if (this.sweepTimer !== undefined) return;
+    const { handshakeTimeoutMs: hs, idleTimeoutMs: idle } = this.limits;
+    const shortest = Math.min(hs > 0 ? hs : Infinity, idle > 0 ? idle : Infinity);
+    if (shortest === Infinity) return;
+    this.sweepTimer = setInterval(() => this.sweep(), Math.max(5, Math.min(1000, Math.floor(shortest / 4))));
+    this.sweepTimer.unref();
+  }
+
+  /** Closes connections past the handshake deadline or idle with a partial request too long. */
+  sweep(now = Date.now()): void {
+    const { handshakeTimeoutMs: hs, idleTimeoutMs: idle } = this.limits;
+    for (const c of this.conns) {
+      if (c.negotiating) {
+        if (hs > 0 && now - c.acceptedAt >= hs) {
+          this.counters.handshake_timeouts++;
+          this.limited.warn('handshake_timeouts', 'handshake deadline passed: closing', { conn: c.id, peer: c.peer, state: c.state, timeout_ms: hs });
+          this.drop(c);
+        }
+        continue;
+      }
+      if (idle > 0) {
+        const since = c.idleSince(now);
+        if (since !== 0 && now - since >= idle) {
+          this.counters.idle_timeouts++;
+          this.limited.warn('idle_timeouts', 'no progress on a partial request or unread replies: closing', { conn: c.id, peer: c.peer, state: c.state, timeout_ms: idle });
+          this.drop(c);
+        }
+      }
+    }
+  }
 }

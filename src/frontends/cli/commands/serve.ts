@@ -10,6 +10,14 @@
  *   - socket activation (LISTEN_PID = our pid, LISTEN_FDS ≥ 1): the inherited fds from 3 on;
  *   - else --stdio: one connection on stdin/stdout, exit when it closes;
  *   - else the unix socket (default /run/zdedup/zdedup.sock) and/or TCP with --listen.
+ *
+ * TLS per listener (nbd/tls.ts): --tls applies to every listener when given; otherwise a TCP
+ * listener on a non-loopback address requires TLS, and the others offer it when credentials are
+ * loaded. Anything but `require` on a non-loopback address needs --insecure.
+ *
+ * Signals: SIGTERM/SIGINT stop gracefully (the socket is removed); SIGHUP is logged and ignored
+ * (logs go to stderr, there is nothing to reopen); SIGUSR1 is ignored so it cannot open Node's
+ * inspector (bin/zdedup.js installs that guard before anything else runs).
  */
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -17,10 +25,12 @@ import os from 'node:os';
 import type { Command } from 'commander';
 import { PageStore } from '../../../core/page-store.js';
 import { ZdedupError, parseSize } from '../../../core/errors.js';
-import { StatsHttpServer } from '../../http/server.js';
+import { StatsHttpServer, isLoopbackHost } from '../../http/server.js';
 import { Logger, isLogLevel, type LogLevel } from '../../log.js';
 import type { ExportSpec } from '../../nbd/export.js';
-import { NbdServer } from '../../nbd/server.js';
+import { DEFAULT_LIMITS, NbdServer, type NbdLimits } from '../../nbd/server.js';
+import { isTlsMode, loadPsk, loadX509, type TlsCredentials, type TlsMode } from '../../nbd/tls.js';
+import { parseSocketMode, resolveGroup } from '../../nbd/unix-socket.js';
 import { defaultSocketPath } from '../../paths.js';
 import { version, type Ctx } from '../main.js';
 
@@ -46,9 +56,18 @@ export interface ServeConfig {
   backingSize: number | undefined;
   segmentSize: number | undefined;
   writethrough: boolean;
-  /** Allow --http on a non-loopback address (read-only stats, no authentication). */
+  /** Allow --http on a non-loopback address (read-only stats, no authentication), and NBD on one without required TLS. */
   insecure: boolean;
   logLevel: LogLevel;
+  /** Unix socket permission bits (default 0600) and group (gid), from --socket-mode / --socket-group. */
+  socketMode: number;
+  socketGroup: number | undefined;
+  limits: NbdLimits;
+  /** --tls as given (null: per listener, see the file comment). */
+  tls: TlsMode | null;
+  tlsCertificates: string | null;
+  tlsPsk: string | null;
+  tlsVerifyPeer: boolean;
 }
 
 /** Raw settings from one source (flags, env or file), all optional. */
@@ -71,6 +90,16 @@ interface RawSettings {
   insecure?: boolean;
   logLevel?: string;
   stdio?: boolean;
+  socketMode?: string;
+  socketGroup?: string;
+  maxConnections?: string;
+  handshakeTimeout?: string;
+  idleTimeout?: string;
+  maxBuffered?: string;
+  tls?: string;
+  tlsCertificates?: string;
+  tlsPsk?: string;
+  tlsVerifyPeer?: boolean;
 }
 
 const ENV: Record<keyof RawSettings, string> = {
@@ -92,8 +121,18 @@ const ENV: Record<keyof RawSettings, string> = {
   insecure: 'ZDEDUP_INSECURE',
   logLevel: 'ZDEDUP_LOG_LEVEL',
   stdio: 'ZDEDUP_STDIO',
+  socketMode: 'ZDEDUP_SOCKET_MODE',
+  socketGroup: 'ZDEDUP_SOCKET_GROUP',
+  maxConnections: 'ZDEDUP_MAX_CONNECTIONS',
+  handshakeTimeout: 'ZDEDUP_HANDSHAKE_TIMEOUT',
+  idleTimeout: 'ZDEDUP_IDLE_TIMEOUT',
+  maxBuffered: 'ZDEDUP_MAX_BUFFERED',
+  tls: 'ZDEDUP_TLS',
+  tlsCertificates: 'ZDEDUP_TLS_CERTIFICATES',
+  tlsPsk: 'ZDEDUP_TLS_PSK',
+  tlsVerifyPeer: 'ZDEDUP_TLS_VERIFY_PEER',
 };
-const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio', 'writethrough', 'insecure']);
+const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio', 'writethrough', 'insecure', 'tlsVerifyPeer']);
 
 const HELP_AFTER = `
 Sizes take K/M/G/T suffixes (binary). Every setting may also come from the environment,
@@ -114,6 +153,11 @@ Examples:
       every new object also goes to the disk at once, so evicting it later costs no write
   zdedup serve --export swap:8G --export vm:20G --listen 127.0.0.1:10809
       two exports over a unix socket and TCP; nbdinfo --list 'nbd://127.0.0.1' lists them
+  zdedup serve --listen 0.0.0.0:10809 --tls-psk /etc/zdedup/keys.psk
+      TCP on every address: TLS is then required (nbdinfo 'nbds://alice@host/?tls-psk-file=keys.psk');
+      keys.psk holds "alice:HEXKEY" lines (psktool -u alice -p keys.psk)
+  zdedup serve --socket /run/zdedup/zdedup.sock --socket-mode 0660 --socket-group disk
+      let members of "disk" use the socket (it is 0600, owner only, by default)
   nbdinfo -- [ zdedup serve --stdio --size 64M ]
       libnbd tools start the server themselves (socket activation or stdin/stdout)
 
@@ -148,7 +192,17 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--backing-size <size>', 'size to create or resize the --backing file to (a new file needs it)')
     .option('--segment-size <size>', 'disk tier segment size, a multiple of 4K (default 4M)')
     .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)')
-    .option('--insecure', 'allow --http on a non-loopback address (stats and dashboard are read-only and unauthenticated)')
+    .option('--insecure', 'allow --http on a non-loopback address (stats and dashboard are read-only and unauthenticated), and NBD --listen on one without --tls=require')
+    .option('--socket-mode <mode>', 'permission bits of the unix socket, octal (default 0600: owner only, whatever the umask)')
+    .option('--socket-group <group>', 'group of the unix socket (name or gid); use with --socket-mode 0660')
+    .option('--max-connections <n>', `NBD connections at once (default ${DEFAULT_LIMITS.maxConnections}); at the cap the oldest one still negotiating is closed, else the new one is refused`)
+    .option('--handshake-timeout <seconds>', `close a connection that has not finished its handshake after this long (default ${DEFAULT_LIMITS.handshakeTimeoutMs / 1000}; 0 = never)`)
+    .option('--idle-timeout <seconds>', `close a connection with a request partly sent or replies unread and no progress for this long (default ${DEFAULT_LIMITS.idleTimeoutMs / 1000}; 0 = never); idle clients between requests are never closed`)
+    .option('--max-buffered <size>', `bytes of request payloads and READ replies held at once across all connections (default ${DEFAULT_LIMITS.maxBufferedBytes / 2 ** 20}M, at least 33M); requests beyond it wait`)
+    .option('--tls <off|on|require>', 'NBD STARTTLS: off, on (offered), require (default: require on a non-loopback --listen, else on with credentials, off without)')
+    .option('--tls-certificates <dir>', 'x509 credentials: DIR/server-cert.pem, DIR/server-key.pem, DIR/ca-cert.pem (nbdkit/qemu layout)')
+    .option('--tls-psk <file>', 'pre-shared keys, one "username:hexkey" per line (psktool format)')
+    .option('--tls-verify-peer', 'with --tls-certificates: clients must present a certificate signed by ca-cert.pem')
     .option('--stdio', 'serve one NBD connection on stdin/stdout, then exit (logs stay on stderr)')
     .option('--config <file>', 'JSON file with the same settings (env ZDEDUP_CONFIG)')
     .option('--log-level <level>', 'error | warn | info | debug (default info)')
@@ -211,6 +265,42 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   if (backing !== null && maxPool === 0) {
     throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing needs --max-pool: the disk tier takes what does not fit in a bounded RAM pool');
   }
+  const tlsArg = pick('tls');
+  if (tlsArg !== undefined && !isTlsMode(tlsArg)) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--tls must be off, on or require, got "${tlsArg}"`);
+  const tlsCertificates = pick('tlsCertificates') ?? null;
+  const tlsPsk = pick('tlsPsk') ?? null;
+  const tlsVerifyPeer = pick('tlsVerifyPeer') === true;
+  if (tlsCertificates !== null && tlsPsk !== null) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'give one of --tls-certificates and --tls-psk, not both');
+  if (tlsVerifyPeer && tlsCertificates === null) throw new ZdedupError('ERR_INVALID_ARGUMENT', '--tls-verify-peer needs --tls-certificates DIR');
+  const hasCreds = tlsCertificates !== null || tlsPsk !== null;
+  if (tlsArg !== undefined && tlsArg !== 'off' && !hasCreds) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', `--tls=${tlsArg} needs credentials: --tls-certificates DIR or --tls-psk FILE`);
+  }
+  const insecure = pick('insecure') === true;
+  if (listen !== null && !isLoopbackHost(listen.host)) {
+    const mode = tlsArg ?? 'require';
+    if (mode !== 'require' && !insecure) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT',
+        `--listen ${listen.host}:${listen.port} is not a loopback address and --tls=${mode} lets clients in without TLS; ` +
+        'use --tls=require (the default there), or add --insecure on a trusted network');
+    }
+    if (mode === 'require' && !hasCreds) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT',
+        `--listen ${listen.host}:${listen.port} is not a loopback address, so TLS is required: give --tls-certificates DIR or ` +
+        '--tls-psk FILE (or --tls=off --insecure on a trusted network)');
+    }
+  }
+  const socketModeArg = pick('socketMode');
+  const socketGroupArg = pick('socketGroup');
+  const limits: NbdLimits = {
+    maxConnections: intArg(pick('maxConnections'), '--max-connections', DEFAULT_LIMITS.maxConnections, 1),
+    handshakeTimeoutMs: secondsArg(pick('handshakeTimeout'), '--handshake-timeout', DEFAULT_LIMITS.handshakeTimeoutMs),
+    idleTimeoutMs: secondsArg(pick('idleTimeout'), '--idle-timeout', DEFAULT_LIMITS.idleTimeoutMs),
+    maxBufferedBytes: DEFAULT_LIMITS.maxBufferedBytes,
+  };
+  const maxBufferedArg = pick('maxBuffered');
+  if (maxBufferedArg !== undefined) limits.maxBufferedBytes = parseSize(maxBufferedArg);
+
   const acceptArg = pick('acceptThreshold');
   const acceptThreshold = acceptArg !== undefined ? Number(acceptArg) : 90;
   if (!Number.isFinite(acceptThreshold) || acceptThreshold <= 0 || acceptThreshold > 100) {
@@ -226,9 +316,43 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
     backingSize: backingSizeArg !== undefined ? parseSize(backingSizeArg) : undefined,
     segmentSize: segmentSizeArg !== undefined ? parseSize(segmentSizeArg) : undefined,
     writethrough,
-    insecure: pick('insecure') === true,
+    insecure,
     logLevel,
+    socketMode: socketModeArg !== undefined ? parseSocketMode(socketModeArg) : 0o600,
+    socketGroup: socketGroupArg !== undefined ? resolveGroup(socketGroupArg, readGroupFile()) : undefined,
+    limits,
+    tls: tlsArg ?? null,
+    tlsCertificates,
+    tlsPsk,
+    tlsVerifyPeer,
   };
+}
+
+function readGroupFile(): string {
+  try { return readFileSync('/etc/group', 'utf8'); } catch { return ''; }
+}
+
+/** An integer flag ≥ `min`, or `dflt` when absent. */
+function intArg(v: string | undefined, what: string, dflt: number, min: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < min) throw new ZdedupError('ERR_INVALID_ARGUMENT', `${what} must be an integer ≥ ${min}, got "${v}"`);
+  return n;
+}
+
+/** Seconds (fractions allowed, 0 = off) → milliseconds, or `dfltMs` when absent. */
+function secondsArg(v: string | undefined, what: string, dfltMs: number): number {
+  if (v === undefined) return dfltMs;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `${what} must be a number of seconds ≥ 0, got "${v}"`);
+  return Math.round(n * 1000);
+}
+
+/** The TLS mode of one listener: --tls if given, else require off loopback, on with credentials, off. */
+export function listenerTlsMode(cfg: Pick<ServeConfig, 'tls' | 'tlsCertificates' | 'tlsPsk'>, nonLoopbackTcp: boolean): TlsMode {
+  if (cfg.tls !== null) return cfg.tls;
+  if (nonLoopbackTcp) return 'require';
+  return cfg.tlsCertificates !== null || cfg.tlsPsk !== null ? 'on' : 'off';
 }
 
 function envSettings(env: NodeJS.ProcessEnv): RawSettings {
@@ -346,6 +470,9 @@ function socketActivationFds(env: NodeJS.ProcessEnv): number {
 /** Runs the server until a signal (or, with --stdio, until its one connection ends). Returns the exit code. */
 export async function runServe(cfg: ServeConfig): Promise<number> {
   const log = new Logger(cfg.logLevel);
+  let tls: TlsCredentials | undefined;
+  if (cfg.tlsCertificates !== null) tls = loadX509(cfg.tlsCertificates, cfg.tlsVerifyPeer);
+  else if (cfg.tlsPsk !== null) tls = loadPsk(cfg.tlsPsk, (msg, fields) => log.warn(msg, fields));
   const store = new PageStore({
     pageSize: cfg.pageSize, codec: cfg.codec, sharedDedup: cfg.sharedDedup, maxPoolBytes: cfg.maxPool,
     acceptThresholdPercent: cfg.acceptThreshold, writethrough: cfg.writethrough,
@@ -353,7 +480,8 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     background: true, // writeback, cleaning and compaction (src/core/maintenance.ts)
     events: (level, msg, fields) => log[level](msg, fields),
   });
-  const nbd = new NbdServer({ store, pageSize: cfg.pageSize, exports: cfg.exports, log });
+  const nbd = new NbdServer({ store, pageSize: cfg.pageSize, exports: cfg.exports, log, limits: cfg.limits, tls });
+  const localTls = { tls: listenerTlsMode(cfg, false) };
 
   let done!: (code: number) => void;
   const finished = new Promise<number>((r) => { done = r; });
@@ -370,8 +498,14 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     done(0);
   };
   const onSignal = (sig: NodeJS.Signals): void => { void stop(sig); };
+  // SIGHUP would otherwise kill the process without removing the socket: nothing to reopen
+  // (logs go to stderr), so it is logged and ignored. SIGUSR1: see bin/zdedup.js.
+  const onHup = (): void => log.info('SIGHUP ignored (logs go to stderr; nothing to reload)');
+  const onUsr1 = (): void => log.warn('SIGUSR1 ignored (the Node inspector is disabled in zdedup)');
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  process.on('SIGHUP', onHup);
+  process.on('SIGUSR1', onUsr1);
 
   const where: Record<string, unknown> = {};
   try {
@@ -380,22 +514,28 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
       delete process.env.LISTEN_PID;
       delete process.env.LISTEN_FDS;
       delete process.env.LISTEN_FDNAMES;
-      for (let fd = 3; fd < 3 + activated; fd++) await nbd.listenFd(fd);
+      for (let fd = 3; fd < 3 + activated; fd++) await nbd.listenFd(fd, localTls);
       where.activation_fds = activated;
     } else if (cfg.stdio) {
       const input = new net.Socket({ fd: 0, readable: true, writable: false });
       const output = new net.Socket({ fd: 1, readable: false, writable: true });
-      void nbd.serveStreams(input, output).then(() => stop('stdio connection closed'));
+      void nbd.serveStreams(input, output, localTls).then(() => stop('stdio connection closed'));
       where.stdio = true;
     }
     if (activated === 0 && !cfg.stdio) {
       if (cfg.socket !== null) {
-        await nbd.listenUnix(cfg.socket);
+        await nbd.listenUnix(cfg.socket, { mode: cfg.socketMode, gid: cfg.socketGroup, ...localTls });
         where.socket = cfg.socket;
+        where.tls = localTls.tls;
       }
       if (cfg.listen !== null) {
-        const port = await nbd.listenTcp(cfg.listen.host, cfg.listen.port);
+        const tcpTls = listenerTlsMode(cfg, !isLoopbackHost(cfg.listen.host));
+        const port = await nbd.listenTcp(cfg.listen.host, cfg.listen.port, { tls: tcpTls });
         where.tcp = `${cfg.listen.host}:${port}`;
+        where.tcp_tls = tcpTls;
+        if (tcpTls !== 'require' && !isLoopbackHost(cfg.listen.host)) {
+          log.warn('NBD on a non-loopback address without required TLS (--insecure): anyone who can reach it can read and write the exports', { tcp: where.tcp });
+        }
       }
     }
     if (cfg.http !== null) {
@@ -406,6 +546,8 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
   } catch (e) {
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
+    process.off('SIGHUP', onHup);
+    process.off('SIGUSR1', onUsr1);
     await nbd.close(0);
     await httpServer?.close();
     await store.close();
@@ -419,9 +561,14 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     page_size: cfg.pageSize, codec: cfg.codec, shared_dedup: cfg.sharedDedup, max_pool: cfg.maxPool,
     accept_threshold: cfg.acceptThreshold, backing: cfg.backing, backing_size: store.stats().backing_size,
     writethrough: cfg.writethrough, pid: process.pid,
+    max_connections: cfg.limits.maxConnections, handshake_timeout_ms: cfg.limits.handshakeTimeoutMs,
+    idle_timeout_ms: cfg.limits.idleTimeoutMs, max_buffered: cfg.limits.maxBufferedBytes,
+    ...(tls !== undefined ? { tls_credentials: tls.kind } : {}),
   });
   const code = await finished;
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
+  process.off('SIGHUP', onHup);
+  process.off('SIGUSR1', onUsr1);
   return code;
 }
