@@ -524,11 +524,11 @@ export class PageStore {
    * and more than `maxWasteFraction` (default 1/8) of its size beyond the bytes of the objects it
    * holds. Returns the result, or null when no compaction was needed. One bounded step.
    */
-  maybeCompact(minWasteBytes = 8 << 20, maxWasteFraction = 1 / 8): CompactResult | null {
+  maybeCompact(minWasteBytes = 8 << 20, maxWasteFraction = 1 / 8, budget?: number): CompactResult | null {
     const pool = this.pool.totalSize();
     const waste = pool - this.ramBytes;
     if (waste < minWasteBytes || waste < pool * maxWasteFraction) return null;
-    return this.pool.compact();
+    return this.pool.compact(budget);
   }
 
   /** Runs background work until there is none left (tests; with background: false). */
