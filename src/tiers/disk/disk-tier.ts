@@ -354,30 +354,22 @@ export class DiskTier implements Tier {
   }
 
   read(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): Promise<void> {
-    if (this.closed) return Promise.reject(new ZdedupError('ERR_CLOSED', 'disk tier is closed'));
-    if (this.segBuf[w0]! >= 0) {
-      try {
-        this.checkAndCopy(this.bufs[this.segBuf[w0]!]!, w1, this.segUsed[w0]!, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(e);
-      }
+    let start: number, end: number;
+    try {
+      if (this.readBuffered(w0, w1, id, len, fpLo, fpHi, dst, dstOff)) return Promise.resolve();
+      start = this.spanStart(w0, w1);
+      end = this.spanEnd(w0, w1, len);
+    } catch (e) {
+      return Promise.reject(e);
     }
-    const st = this.segState[w0]!;
-    if (st !== SEALED && st !== FREEING) return Promise.reject(this.readError(w0, w1, `segment is ${STATE_NAMES[st]}`));
     this.pin(w0);
-    const pos = this.segPos(w0) + w1;
-    const start = pos - (pos % ALIGN);
-    const end = alignUp(pos + REC_HEADER_SIZE + len);
     const rb = this.readBufs.pop() ?? alignedBuffer(this.readSpan);
     this.c.disk_reads++;
     return new Promise<void>((resolve, reject) => {
       fs.read(this.fd, rb, 0, end - start, start, (err, n) => {
         try {
           if (err) throw this.readError(w0, w1, err.message, err);
-          if (n !== end - start) throw this.readError(w0, w1, `short read: ${n} of ${end - start} bytes`);
-          if (!this.direct) dropCached(this.fd, start, end - start);
-          this.checkAndCopy(rb, pos - start, n, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
+          this.readDone(rb, n, start, end, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
           resolve();
         } catch (e) {
           reject(e);
@@ -390,16 +382,9 @@ export class DiskTier implements Tier {
   }
 
   readSync(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): void {
-    if (this.closed) throw new ZdedupError('ERR_CLOSED', 'disk tier is closed');
-    if (this.segBuf[w0]! >= 0) {
-      this.checkAndCopy(this.bufs[this.segBuf[w0]!]!, w1, this.segUsed[w0]!, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
-      return;
-    }
-    const st = this.segState[w0]!;
-    if (st !== SEALED && st !== FREEING) throw this.readError(w0, w1, `segment is ${STATE_NAMES[st]}`);
-    const pos = this.segPos(w0) + w1;
-    const start = pos - (pos % ALIGN);
-    const end = alignUp(pos + REC_HEADER_SIZE + len);
+    if (this.readBuffered(w0, w1, id, len, fpLo, fpHi, dst, dstOff)) return;
+    const start = this.spanStart(w0, w1);
+    const end = this.spanEnd(w0, w1, len);
     const rb = this.readBufs.pop() ?? alignedBuffer(this.readSpan);
     this.c.disk_reads++;
     try {
@@ -409,12 +394,40 @@ export class DiskTier implements Tier {
       } catch (e) {
         throw this.readError(w0, w1, (e as Error).message, e);
       }
-      if (n !== end - start) throw this.readError(w0, w1, `short read: ${n} of ${end - start} bytes`);
-      if (!this.direct) dropCached(this.fd, start, end - start);
-      this.checkAndCopy(rb, pos - start, n, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
+      this.readDone(rb, n, start, end, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
     } finally {
       if (this.readBufs.length < READ_BUFFERS_KEPT) this.readBufs.push(rb);
     }
+  }
+
+  /** Serves a read from the segment's RAM buffer when it has one (true), else checks it can be read from the medium (false). */
+  private readBuffered(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): boolean {
+    if (this.closed) throw new ZdedupError('ERR_CLOSED', 'disk tier is closed');
+    const b = this.segBuf[w0]!;
+    if (b >= 0) {
+      this.checkAndCopy(this.bufs[b]!, w1, this.segUsed[w0]!, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
+      return true;
+    }
+    const st = this.segState[w0]!;
+    if (st !== SEALED && st !== FREEING) throw this.readError(w0, w1, `segment is ${STATE_NAMES[st]}`);
+    return false;
+  }
+
+  /** The aligned span [start, end) of the medium that holds the record at (w0, w1) of `len` payload bytes. */
+  private spanStart(w0: number, w1: number): number {
+    const pos = this.segPos(w0) + w1;
+    return pos - (pos % ALIGN);
+  }
+  private spanEnd(w0: number, w1: number, len: number): number {
+    return alignUp(this.segPos(w0) + w1 + REC_HEADER_SIZE + len);
+  }
+
+  /** After the span was read into rb: checks the length, drops cached pages, checks and copies the record. */
+  private readDone(rb: Buffer, n: number, start: number, end: number, w0: number, w1: number, id: number, len: number,
+    fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): void {
+    if (n !== end - start) throw this.readError(w0, w1, `short read: ${n} of ${end - start} bytes`);
+    if (!this.direct) dropCached(this.fd, start, end - start);
+    this.checkAndCopy(rb, this.segPos(w0) + w1 - start, n, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
   }
 
   /** Checks that b[at..] is object `id`'s record, then copies its payload out; throws ERR_DISK_READ. */

@@ -56,6 +56,7 @@ export interface ServeConfig {
   backingSize: number | undefined;
   segmentSize: number | undefined;
   writethrough: boolean;
+  backingOverwrite: boolean;
   /** Allow --http on a non-loopback address (read-only stats, no authentication), and NBD on one without required TLS. */
   insecure: boolean;
   logLevel: LogLevel;
@@ -87,6 +88,7 @@ interface RawSettings {
   backingSize?: string;
   segmentSize?: string;
   writethrough?: boolean;
+  backingOverwrite?: boolean;
   insecure?: boolean;
   logLevel?: string;
   stdio?: boolean;
@@ -118,6 +120,7 @@ const ENV: Record<keyof RawSettings, string> = {
   backingSize: 'ZDEDUP_BACKING_SIZE',
   segmentSize: 'ZDEDUP_SEGMENT_SIZE',
   writethrough: 'ZDEDUP_WRITETHROUGH',
+  backingOverwrite: 'ZDEDUP_BACKING_OVERWRITE',
   insecure: 'ZDEDUP_INSECURE',
   logLevel: 'ZDEDUP_LOG_LEVEL',
   stdio: 'ZDEDUP_STDIO',
@@ -191,6 +194,7 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--backing <path>', 'disk tier: a file (created with --backing-size) or block device that takes cold objects, still compressed, in large segments; its old contents are not kept')
     .option('--backing-size <size>', 'size to create or resize the --backing file to (a new file needs it)')
     .option('--segment-size <size>', 'disk tier segment size, a multiple of 4K (default 4M)')
+    .option('--backing-overwrite', 'use a --backing that holds other data (by default only zeroes or an earlier zdedup backing are taken)')
     .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)')
     .option('--insecure', 'allow --http on a non-loopback address (stats and dashboard are read-only and unauthenticated), and NBD --listen on one without --tls=require')
     .option('--socket-mode <mode>', 'permission bits of the unix socket, octal (default 0600: owner only, whatever the umask)')
@@ -259,8 +263,9 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   const segmentSizeArg = pick('segmentSize');
   const writethrough = pick('writethrough') === true;
   const maxPool = maxPoolArg !== undefined ? parsePoolLimit(maxPoolArg) : 0;
-  if (backing === null && (backingSizeArg !== undefined || segmentSizeArg !== undefined || writethrough)) {
-    throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing-size, --segment-size and --writethrough need --backing PATH');
+  const backingOverwrite = pick('backingOverwrite') === true;
+  if (backing === null && (backingSizeArg !== undefined || segmentSizeArg !== undefined || writethrough || backingOverwrite)) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing-size, --segment-size, --backing-overwrite and --writethrough need --backing PATH');
   }
   if (backing !== null && maxPool === 0) {
     throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing needs --max-pool: the disk tier takes what does not fit in a bounded RAM pool');
@@ -316,6 +321,7 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
     backingSize: backingSizeArg !== undefined ? parseSize(backingSizeArg) : undefined,
     segmentSize: segmentSizeArg !== undefined ? parseSize(segmentSizeArg) : undefined,
     writethrough,
+    backingOverwrite,
     insecure,
     logLevel,
     socketMode: socketModeArg !== undefined ? parseSocketMode(socketModeArg) : 0o600,
@@ -476,7 +482,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
   const store = new PageStore({
     pageSize: cfg.pageSize, codec: cfg.codec, sharedDedup: cfg.sharedDedup, maxPoolBytes: cfg.maxPool,
     acceptThresholdPercent: cfg.acceptThreshold, writethrough: cfg.writethrough,
-    backing: cfg.backing !== null ? { path: cfg.backing, size: cfg.backingSize, segmentSize: cfg.segmentSize } : undefined,
+    backing: cfg.backing !== null ? { path: cfg.backing, size: cfg.backingSize, segmentSize: cfg.segmentSize, overwrite: cfg.backingOverwrite } : undefined,
     background: true, // writeback, cleaning and compaction (src/core/maintenance.ts)
     events: (level, msg, fields) => log[level](msg, fields),
   });
