@@ -9,6 +9,7 @@
  *   flags      u8            1      IN_RAM | IN_TIER | REFERENCED
  *   w0, w1     u32 x 2       8      tier location (meaning chosen by the tier: disk = segment, offset)
  *   prev, next u32 x 2       8      LRU links (NIL ends), only while IN_RAM
+ *   owner      u16           2      area that created the object — only when an area has a pool quota
  *   (the RAM location, a zspool handle, lives in the pool's own handle column: compaction moves
  *    objects by rewriting that one cell)
  *
@@ -40,6 +41,8 @@ export class ObjectTable {
   flags = growable(Uint8Array);
   w0 = growable(Uint32Array);
   w1 = growable(Uint32Array);
+  /** Area that created each object (only when some area has a pool quota: off costs nothing). */
+  owner: Uint16Array | null = null;
   private prev = growable(Uint32Array);
   private next = growable(Uint32Array);
   private readonly bigRefs = new Map<number, number>(); // refs of objects shared by >= 255 slots
@@ -54,6 +57,12 @@ export class ObjectTable {
   constructor(pageSize: number, private readonly onGrow: (capacity: number) => void) {
     // Lengths up to pageSize: u16 holds them for pages up to 32 KiB; 64 KiB pages need u32.
     this.lens = pageSize <= 32768 ? growable(Uint16Array) : growable(Uint32Array);
+  }
+
+  /** Starts keeping each object's owner area (per-area quotas). Call before any object exists. */
+  enableOwners(): void {
+    if (this.owner !== null) return;
+    this.owner = grow(growable(Uint16Array), Math.max(1, this.refs.length));
   }
 
   /** Ids ever handed out are below this. */
@@ -77,6 +86,7 @@ export class ObjectTable {
         this.w1 = grow(this.w1, cap);
         this.prev = grow(this.prev, cap);
         this.next = grow(this.next, cap);
+        if (this.owner !== null) this.owner = grow(this.owner, cap);
         this.keys.ensure(cap);
         this.onGrow(cap);
       }
@@ -144,11 +154,17 @@ export class ObjectTable {
     return this.lruTail === NIL ? -1 : this.lruTail;
   }
 
+  /** The next more recently used RAM object after `id` (towards the head), or -1. */
+  lruNewer(id: number): number {
+    const p = this.prev[id]!;
+    return p === NIL ? -1 : p;
+  }
+
   // ---- accounting -----------------------------------------------------------------------------
 
   bytes(): number {
     return this.keys.bytes() + this.refs.byteLength + this.lens.byteLength + this.flags.byteLength +
-      this.w0.byteLength + this.w1.byteLength + this.prev.byteLength + this.next.byteLength +
+      this.w0.byteLength + this.w1.byteLength + this.prev.byteLength + this.next.byteLength + (this.owner?.byteLength ?? 0) +
       this.bigRefs.size * 40; // ~40 B per Map entry, one per object shared by >= 255 slots
   }
 

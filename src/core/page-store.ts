@@ -56,7 +56,7 @@ export type { CompactResult } from '../engine/alloc/zspool.js';
 export type { MaintenanceEvents } from './maintenance.js';
 
 export type AreaId = number & { readonly __brand: 'AreaId' };
-export type StoreResult = 'stored' | 'reject_pool_limit' | 'reject_alloc_fail' | 'reject_reclaim_fail';
+export type StoreResult = 'stored' | 'reject_pool_limit' | 'reject_alloc_fail' | 'reject_reclaim_fail' | 'reject_quota';
 export type LoadResult = 'hit' | 'miss';
 /** pageKind(): 0 hole (never written or invalidated), 1 zero page, 2 data. */
 export type PageKind = 0 | 1 | 2;
@@ -116,8 +116,10 @@ const TIER_READS_IN_FLIGHT = 32;
 const EVICT_MAX_ROTATIONS = 4096;
 
 // storeOne's internal outcomes: the first four are final, the last two mean "wait, then retry".
-const S_OK = 0, S_POOL_LIMIT = 1, S_ALLOC_FAIL = 2, S_RECLAIM_FAIL = 3, S_WAIT_ROOM = 4, S_WAIT_VERIFY = 5;
-const STORE_RESULTS: StoreResult[] = ['stored', 'reject_pool_limit', 'reject_alloc_fail', 'reject_reclaim_fail'];
+const S_OK = 0, S_POOL_LIMIT = 1, S_ALLOC_FAIL = 2, S_RECLAIM_FAIL = 3, S_QUOTA = 4, S_WAIT_ROOM = 5, S_WAIT_VERIFY = 6;
+const STORE_RESULTS: StoreResult[] = ['stored', 'reject_pool_limit', 'reject_alloc_fail', 'reject_reclaim_fail', 'reject_quota'];
+/** LRU entries an over-quota store looks through for its own area's coldest objects. */
+const QUOTA_SCAN = 1024;
 // loadOne's outcomes
 const L_HIT = 0, L_MISS = 1, L_NEED_READ = 2;
 
@@ -192,7 +194,7 @@ export class PageStore {
    * location read and whether it matched). Set only around one synchronous storeOne call; one
    * small Map per store that had to read candidates, never per page.
    */
-  private hints: Map<number, { w0: number; w1: number; same: boolean }> | null = null;
+  private hints: Map<number, { w0: number; w1: number; same: number }> | null = null;
   /** The candidate storeOne needs read before it can decide (S_WAIT_VERIFY). */
   private verifyId = -1;
   private readBufs: Buffer[] = [];
@@ -206,6 +208,12 @@ export class PageStore {
   private areaStored: number[] = [];
   private areaSame: number[] = [];
   private areaZero: number[] = [];
+  // per-area pool quotas (0 = none) and bytes of RAM objects each area created
+  private areaQuota: number[] = [];
+  private areaRam: number[] = [];
+  /** A refusal episode is under way (logged once when it starts, once when stores are taken again). */
+  private refusing = false;
+  private readonly events: MaintenanceEvents;
   private names: string[] = [];
   private byName = new Map<string, number>();
 
@@ -215,7 +223,7 @@ export class PageStore {
     decompress_fail: 0, store_calls: 0, load_calls: 0, load_hits: 0, load_misses: 0,
     invalidated_pages: 0, dedup_hits: 0, verify_mismatch: 0,
     reject_reclaim_fail: 0, written_back_pages: 0, evicted_clean_pages: 0, pool_bypass_pages: 0,
-    writethrough_pages: 0, promoted_pages: 0, disk_loads: 0, store_waits: 0,
+    writethrough_pages: 0, promoted_pages: 0, disk_loads: 0, store_waits: 0, quota_limit_hit: 0,
   };
 
   constructor(opts: PageStoreOptions = {}) {
@@ -245,6 +253,7 @@ export class PageStore {
     this.incompressibleCap = ps - ps / 8;
     if (this.sharedDedup) this.domainIndex.push(new FingerprintIndex(this.keys));
     const events = opts.events ?? (() => {});
+    this.events = events;
     if (opts.tier !== undefined && opts.backing !== undefined) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'give either tier or backing, not both');
     this.tier = opts.tier ?? (opts.backing !== undefined ? new DiskTier({ ...opts.backing, pageSize: ps, events }) : null);
     if (this.writethrough && this.tier === null) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'writethrough needs a tier (a backing file or device)');
@@ -254,17 +263,35 @@ export class PageStore {
   // ---------------------------------------------------------------------------------------------
   // Areas
 
-  /** Defines an area of `pages` slots (4 bytes of metadata each until written). */
-  createArea(name: string, pages: number): AreaId {
+  /**
+   * Defines an area of `pages` slots (4 bytes of metadata each until written). `maxPoolBytes`:
+   * the most RAM pool bytes (stored lengths) the objects this area creates may hold. Beyond it, a
+   * store writes back the area's own coldest objects to the tier (or sends the new one there),
+   * or is refused with 'reject_quota' without a tier; other areas' objects are never pushed out
+   * for it. Quotas must be set before the store holds objects (their owner is then recorded:
+   * 2 B per object, only once some area has a quota). With sharedDedup an object counts for the
+   * area that created it.
+   */
+  createArea(name: string, pages: number, opts: { maxPoolBytes?: number } = {}): AreaId {
     if (typeof name !== 'string') throw new ZdedupError('ERR_INVALID_ARGUMENT', 'area name must be a string');
     checkUint('pages', pages);
     if (pages < 1 || pages > MAX_AREA_PAGES) {
       throw new ZdedupError('ERR_INVALID_ARGUMENT', `area size must be 1..${MAX_AREA_PAGES} pages, got ${pages}`);
     }
     if (this.byName.has(name)) throw new ZdedupError('ERR_AREA_EXISTS', `area "${name}" already exists`);
+    const quota = opts.maxPoolBytes ?? 0;
+    checkUint('maxPoolBytes', quota);
     const id = this.slotMaps.length;
+    if (quota > 0) {
+      if (this.objects.owner === null && this.objects.idLimit > 0) {
+        throw new ZdedupError('ERR_INVALID_ARGUMENT', 'per-area pool quotas must be set before the store holds objects');
+      }
+      this.objects.enableOwners();
+    }
+    if (this.objects.owner !== null && id > 0xffff) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'with per-area pool quotas a store has at most 65536 areas');
     this.slotMaps.push(new Uint32Array(pages));
     this.areaStored.push(0); this.areaSame.push(0); this.areaZero.push(0);
+    this.areaQuota.push(quota); this.areaRam.push(0);
     this.names.push(name);
     this.byName.set(name, id);
     if (!this.sharedDedup) this.domainIndex.push(new FingerprintIndex(this.keys));
@@ -304,6 +331,7 @@ export class PageStore {
     this.checkIndex(offset, 1, slots.length);
     this.checkPage(page, this.pageSize);
     this.c.store_calls++;
+    this.lastReject = 'stored';
     return STORE_RESULTS[this.storeSync(area, slots, offset, page, 0)]!;
   }
 
@@ -313,6 +341,7 @@ export class PageStore {
     const n = this.checkBatch(pages);
     this.checkIndex(offset, n, slots.length);
     const P = this.pageSize;
+    this.lastReject = 'stored';
     for (let i = 0; i < n; i++) {
       this.c.store_calls++;
       if (this.storeSync(area, slots, offset + i, pages, i * P) !== S_OK) return i;
@@ -332,6 +361,7 @@ export class PageStore {
     const n = this.checkBatch(pages);
     this.checkIndex(offset, n, slots.length);
     const P = this.pageSize;
+    this.lastReject = 'stored';
     for (let i = 0; i < n; i++) {
       this.c.store_calls++;
       const r = this.storeOne(area, slots, offset + i, pages, i * P, false);
@@ -505,10 +535,15 @@ export class PageStore {
   }
 
   /** Live counts of one area: stored (same-filled included), same-filled, zero, and never-written/invalidated pages. */
-  areaStats(area: AreaId): { pages: number; stored_pages: number; same_filled_pages: number; zero_pages: number; hole_pages: number } {
+  areaStats(area: AreaId): { pages: number; stored_pages: number; same_filled_pages: number; zero_pages: number; hole_pages: number; pool_bytes: number | null; max_pool_bytes: number } {
     const slots = this.slotsOf(area);
     const stored = this.areaStored[area]!;
-    return { pages: slots.length, stored_pages: stored, same_filled_pages: this.areaSame[area]!, zero_pages: this.areaZero[area]!, hole_pages: slots.length - stored };
+    return {
+      pages: slots.length, stored_pages: stored, same_filled_pages: this.areaSame[area]!, zero_pages: this.areaZero[area]!, hole_pages: slots.length - stored,
+      // RAM bytes of the objects the area created: known only while owners are recorded (quotas)
+      pool_bytes: this.objects.owner !== null ? this.areaRam[area]! : null,
+      max_pool_bytes: this.areaQuota[area]!,
+    };
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -585,6 +620,7 @@ export class PageStore {
       promoted_pages: c.promoted_pages,
       disk_loads: c.disk_loads,
       store_waits: c.store_waits,
+      quota_limit_hit: c.quota_limit_hit,
       disk_objects: this.tierObjects,
       backing_size: t?.backing_size ?? 0,
       disk_bytes: t?.disk_bytes ?? 0,
@@ -642,7 +678,7 @@ export class PageStore {
     why?: { r: StoreResult }): Promise<number> {
     const P = this.pageSize;
     let r = first;
-    let hints: Map<number, { w0: number; w1: number; same: boolean }> | null = null;
+    let hints: Map<number, { w0: number; w1: number; same: number }> | null = null;
     for (;;) {
       if (r === S_WAIT_ROOM) {
         this.c.store_waits++;
@@ -670,21 +706,21 @@ export class PageStore {
   }
 
   /** Reads tier-only object `id` and records in `hints` whether it holds page src[at..]. */
-  private async readCandidate(id: number, src: Uint8Array, at: number, hints: Map<number, { w0: number; w1: number; same: boolean }>): Promise<void> {
+  private async readCandidate(id: number, src: Uint8Array, at: number, hints: Map<number, { w0: number; w1: number; same: number }>): Promise<void> {
     const o = this.objects;
     const w0 = o.w0[id]!, w1 = o.w1[id]!, len = o.lens[id]!, lo = o.keys.lo[id]!, hi = o.keys.hi[id]!;
     const out = Buffer.alloc(this.pageSize); // per cold-duplicate check, not per page stored
-    let same = false;
+    let same = 0; // 1 same, 0 different, -2 unreadable (never shared, not a mismatch)
     await this.tierSlot();
     const buf = this.readBufs.pop() ?? Buffer.alloc(this.pageSize);
     try {
       await this.tier!.read(w0, w1, id, len, lo, hi, buf, 0);
-      same = this.decode(buf, 0, len, out, 0, lo, hi, false) && out.compare(src, at, at + this.pageSize, 0, this.pageSize) === 0;
+      same = !this.decode(buf, 0, len, out, 0, lo, hi, false) ? -2 : out.compare(src, at, at + this.pageSize, 0, this.pageSize) === 0 ? 1 : 0;
       // A cold object that new stores duplicate is hot again: bring it back into RAM when the
       // pool has a free slot for it, so the next duplicates compare in RAM instead of reading disk.
-      if (same) this.maybePromote(id, w0, w1, buf, len, true);
+      if (same === 1) this.maybePromote(id, w0, w1, buf, len, true);
     } catch {
-      same = false; // unreadable: never share with it (counted by the tier)
+      same = -2; // unreadable: never share with it (counted by the tier)
     } finally {
       this.releaseTierSlot(buf);
     }
@@ -718,6 +754,7 @@ export class PageStore {
         const same = this.sameContent(id, page, sync);
         if (same === -1) { this.verifyId = id; return S_WAIT_VERIFY; }
         if (same === 0) { c.verify_mismatch++; continue; }
+        if (same === -2) continue; // unreadable candidate: counted as decompress_fail (or by the tier), not as a mismatch
       }
       c.dedup_hits++;
       const f = this.objects.flags[id]!;
@@ -737,7 +774,7 @@ export class PageStore {
     const bytes = raw ? page : this.scratch;
     const o = this.objects;
     const id = o.newId();
-    const placed = this.place(id, lo, hi, raw, bytes, len);
+    const placed = this.place(area, id, lo, hi, raw, bytes, len);
     if (placed !== S_OK) { o.freeId(id); return placed; }
     o.lens[id] = len;
     o.keys.lo[id] = lo;
@@ -757,12 +794,38 @@ export class PageStore {
    * Puts a new object's bytes (bytes[0, len)) in RAM, or in the tier when the pool is full.
    * Sets flags and locations; returns S_OK or why not (nothing changed then).
    */
-  private place(id: number, lo: number, hi: number, raw: boolean, bytes: Uint8Array, len: number): number {
+  private place(area: number, id: number, lo: number, hi: number, raw: boolean, bytes: Uint8Array, len: number): number {
+    const r = this.placeIn(area, id, lo, hi, raw, bytes, len);
+    if (r === S_OK) {
+      if (this.refusing) {
+        this.refusing = false;
+        this.events('info', 'stores accepted again', { pool_total_size: this.pool.totalSize() });
+      }
+    } else if (r < S_WAIT_ROOM && !this.refusing) {
+      this.refusing = true;
+      this.events('warn', 'stores refused (ENOSPC to NBD clients) until there is room again', {
+        why: STORE_RESULTS[r], area: this.names[area], pool_total_size: this.pool.totalSize(), max_pool_bytes: this.pool.maxBytes,
+      });
+    }
+    return r;
+  }
+
+  private placeIn(area: number, id: number, lo: number, hi: number, raw: boolean, bytes: Uint8Array, len: number): number {
     const o = this.objects;
     const c = this.c;
     const tier = this.tier;
     const codec = raw ? CODEC_RAW : this.codecId;
-    if (!this.poolFull) {
+    if (o.owner !== null) o.owner[id] = area;
+    let ramAllowed = !this.poolFull;
+    const quota = this.areaQuota[area]!;
+    if (ramAllowed && quota > 0 && this.areaRam[area]! + len > quota) {
+      c.quota_limit_hit++;
+      // Make room from this area's own coldest objects (never another area's), else bypass RAM.
+      const need = this.areaRam[area]! + len - quota;
+      if (tier === null) { this.lastReject = 'reject_quota'; return S_QUOTA; }
+      if (this.evictArea(area, need) < need) ramAllowed = false;
+    }
+    if (ramAllowed) {
       const a = this.pool.alloc(id, len);
       if (a === 'ok') {
         this.pool.locate(id);
@@ -770,6 +833,7 @@ export class PageStore {
         o.flags[id] = IN_RAM;
         o.lruPushHead(id);
         this.ramBytes += len;
+        if (o.owner !== null) this.areaRam[area]! += len;
         if (this.writethrough && tier!.append(id, lo, hi, codec, bytes, 0, len) === 'ok') {
           o.flags[id] = IN_RAM | IN_TIER;
           o.w0[id] = tier!.lastW0;
@@ -789,7 +853,7 @@ export class PageStore {
       this.poolFull = true;
       this.maintenance.kick();
     }
-    // The pool is full (or refilling below the accept threshold): straight to the tier.
+    // The pool is full (or refilling below the accept threshold, or the area is at its quota): straight to the tier.
     const r = tier!.append(id, lo, hi, codec, bytes, 0, len);
     if (r === 'ok') {
       o.flags[id] = IN_TIER;
@@ -806,8 +870,8 @@ export class PageStore {
   }
 
   /**
-   * 1 when object `id` holds exactly `page`, 0 when not (or unreadable: never share with it),
-   * -1 when it lives only on the tier's medium and `sync` is false (the caller reads it, then
+   * 1 when object `id` holds exactly `page`, 0 when not, -2 when it cannot be read or decoded
+   * (counted once, as decompress_fail or disk_read_errors; never shared), -1 when it lives only on the tier's medium and `sync` is false (the caller reads it, then
    * retries with the answer as a hint).
    */
   private sameContent(id: number, page: Uint8Array, sync: boolean): number {
@@ -821,7 +885,7 @@ export class PageStore {
     } else {
       const w0 = o.w0[id]!, w1 = o.w1[id]!;
       const h = this.hints?.get(id);
-      if (h !== undefined && h.w0 === w0 && h.w1 === w1) return h.same ? 1 : 0;
+      if (h !== undefined && h.w0 === w0 && h.w1 === w1) return h.same;
       const tier = this.tier!;
       if (tier.locateBuffered(w0, w1)) {
         buf = tier.locBuf; off = tier.locOff;
@@ -829,7 +893,7 @@ export class PageStore {
         try {
           tier.readSync(w0, w1, id, len, o.keys.lo[id]!, o.keys.hi[id]!, this.tierScratch, 0);
         } catch {
-          return 0;
+          return -2; // unreadable (counted in disk_read_errors): never share with it
         }
         buf = this.tierScratch; off = 0;
       } else {
@@ -840,7 +904,7 @@ export class PageStore {
     const out = this.scratch;
     if (!this.codec.decompress(buf.subarray(off, off + len), len, out, P)) {
       this.c.decompress_fail++; // corrupt object: never share with it
-      return 0;
+      return -2;
     }
     return out.compare(page, 0, P, 0, P) === 0 ? 1 : 0;
   }
@@ -958,7 +1022,12 @@ export class PageStore {
     // A load promotes only below the accept threshold; a dedup hit whenever the pool has room
     // (the pool's limit still holds: alloc refuses beyond it).
     if (!dedupHit && (this.poolFull || (this.pool.maxBytes > 0 && this.pool.totalSize() >= this.acceptBytes))) return;
+    if (o.owner !== null) {
+      const q = this.areaQuota[o.owner[id]!]!;
+      if (q > 0 && this.areaRam[o.owner[id]!]! + len > q) return; // promotion never pushes an area past its quota
+    }
     if (this.pool.alloc(id, len) !== 'ok') return;
+    if (o.owner !== null) this.areaRam[o.owner[id]!]! += len;
     this.pool.locate(id);
     this.pool.locBuf.set(bytes.subarray(0, len), this.pool.locOff);
     o.flags[id] = dedupHit ? IN_RAM | IN_TIER | REFERENCED : IN_RAM | IN_TIER;
@@ -1005,6 +1074,7 @@ export class PageStore {
   }
 
   private dropRam(id: number, len: number): void {
+    if (this.objects.owner !== null) this.areaRam[this.objects.owner[id]!]! -= len;
     this.pool.free(id);
     this.objects.lruRemove(id);
     this.objects.flags[id] = this.objects.flags[id]! & ~(IN_RAM | REFERENCED);
@@ -1083,6 +1153,41 @@ export class PageStore {
       freed += len;
     }
     return 'done';
+  }
+
+  /**
+   * Quota enforcement: moves `area`'s own coldest RAM objects out (written to the tier, or just
+   * dropped when the tier already has them) until `need` bytes are freed, looking at most
+   * QUOTA_SCAN entries up from the LRU tail. Returns the bytes freed.
+   */
+  private evictArea(area: number, need: number): number {
+    const o = this.objects;
+    const owner = o.owner!;
+    const tier = this.tier!;
+    let freed = 0;
+    let id = o.lruOldest();
+    for (let seen = 0; id >= 0 && freed < need && seen < QUOTA_SCAN; seen++) {
+      const newer = o.lruNewer(id);
+      if (owner[id] === area) {
+        const f = o.flags[id]!;
+        const len = o.lens[id]!;
+        if ((f & IN_TIER) === 0) {
+          this.pool.locate(id);
+          if (tier.append(id, o.keys.lo[id]!, o.keys.hi[id]!, len === this.pageSize ? CODEC_RAW : this.codecId, this.pool.locBuf, this.pool.locOff, len) !== 'ok') break;
+          o.w0[id] = tier.lastW0;
+          o.w1[id] = tier.lastW1;
+          o.flags[id] = f | IN_TIER;
+          this.tierObjects++;
+          this.c.written_back_pages++;
+        } else {
+          this.c.evicted_clean_pages++;
+        }
+        this.dropRam(id, len);
+        freed += len;
+      }
+      id = newer;
+    }
+    return freed;
   }
 
   /** The cleaner's view of the object table (see CleaningOwner). */

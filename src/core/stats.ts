@@ -59,6 +59,8 @@ export interface PageStoreStats {
   disk_loads: number;
   /** Stores that had to wait for the tier's write buffers (async calls only). */
   store_waits: number;
+  /** Stores that found their area at its pool quota (served from the area's own cold objects, the tier, or refused). */
+  quota_limit_hit: number;
   /** Live objects with a copy in the tier. */
   disk_objects: number;
   /** Size of the backing file or device (0 without a disk tier). */

@@ -169,3 +169,54 @@ test('a backing that holds other data is refused unless overwrite is asked for; 
   const s3 = new PageStore({ maxPoolBytes: 1 << 20, background: false, backing: { path: zeroes, segmentSize: 64 << 10 } });
   await s3.close();
 }));
+
+test('a pool quota: the area that fills it writes back its own coldest objects; another area keeps all of its RAM', withDir(async (dir) => {
+  const store = new PageStore({
+    maxPoolBytes: 8 << 20, background: false,
+    backing: { path: join(dir, 'b.img'), size: 64 << 20, segmentSize: 256 << 10 },
+  });
+  try {
+    const a = store.createArea('tenant-a', 2048, { maxPoolBytes: 512 << 10 });
+    const b = store.createArea('tenant-b', 512);
+    const pb = Array.from({ length: 256 }, (_, i) => makePage('random', 100000 + i)); // 1 MiB raw
+    for (let i = 0; i < 256; i++) assert.equal(await store.storeAsync(b, i, pb[i]!), 'stored');
+    const pa = Array.from({ length: 2048 }, (_, i) => makePage('random', i)); // 8 MiB raw, 16x its quota
+    for (let i = 0; i < 2048; i++) assert.equal(await store.storeAsync(a, i, pa[i]!), 'stored');
+    const sa = store.areaStats(a), sb = store.areaStats(b);
+    assert.ok(sa.pool_bytes! <= 512 << 10, `tenant-a holds ${sa.pool_bytes} B of RAM, quota 512 KiB`);
+    assert.equal(sa.max_pool_bytes, 512 << 10);
+    assert.equal(sb.pool_bytes, 256 * 4096, 'tenant-b kept every object in RAM');
+    for (let i = 0; i < 256; i++) assert.equal(store.locationForTest(b, i), 'ram', `tenant-b page ${i} was not pushed out`);
+    assert.ok(store.stats().quota_limit_hit > 0);
+    assert.ok(store.stats().written_back_pages > 0);
+    assert.equal(store.locationForTest(a, 2047), 'ram', "tenant-a's newest page is in RAM: its own coldest went out");
+    const into = Buffer.alloc(4096);
+    for (let i = 0; i < 2048; i += 7) { assert.equal(await store.loadAsync(a, i, into), 'hit'); assert.ok(into.equals(pa[i]!)); }
+    for (let i = 0; i < 256; i++) { assert.equal(store.load(b, i, into), 'hit'); assert.ok(into.equals(pb[i]!)); }
+    store.checkInvariants();
+    assert.ok(store.areaStats(a).pool_bytes! <= 512 << 10, 'loads do not promote past the quota');
+  } finally {
+    await store.close();
+  }
+}));
+
+test('a pool quota without a tier refuses the area that fills it (reject_quota) and only that area', () => {
+  const store = new PageStore({ maxPoolBytes: 8 << 20 });
+  const a = store.createArea('a', 512, { maxPoolBytes: 256 << 10 });
+  const b = store.createArea('b', 512);
+  let refused = 0;
+  for (let i = 0; i < 512; i++) {
+    const r = store.store(a, i, makePage('random', i));
+    if (r !== 'stored') { assert.equal(r, 'reject_quota'); refused++; }
+  }
+  assert.ok(refused > 0 && refused < 512, `some stores refused (${refused})`);
+  assert.equal(store.lastReject, 'reject_quota');
+  for (let i = 0; i < 512; i++) assert.equal(store.store(b, i, makePage('random', 5000 + i)), 'stored', 'b is not limited by a');
+  assert.equal(store.lastReject, 'stored', 'lastReject is reset by a store that succeeds');
+  assert.ok(store.areaStats(a).pool_bytes! <= 256 << 10);
+  store.checkInvariants();
+  store.createArea('late', 8, { maxPoolBytes: 1 << 20 }); // owners were recorded from the start: a later quota area is fine
+  const fresh = new PageStore();
+  fresh.store(fresh.createArea('x', 4), 0, makePage('random', 1));
+  assert.throws(() => fresh.createArea('q', 4, { maxPoolBytes: 1 << 20 }), /before the store holds objects/);
+});

@@ -42,3 +42,14 @@ test('tier flags that make no sense alone are refused with a clear message', () 
   assert.throws(() => resolveServeConfig({ maxPool: '1G', acceptThreshold: '0' }, {}), /accept-threshold/);
   assert.throws(() => resolveServeConfig({ maxPool: '1G', acceptThreshold: 'x' }, {}), /accept-threshold/);
 });
+
+test('--export takes :ro and :max-pool=SIZE in any order after the size; names may hold colons', async () => {
+  const { parseExportArg } = await import('../../src/frontends/cli/commands/serve.js');
+  assert.deepEqual({ ...parseExportArg('a:64M:max-pool=2M', false), description: '' }, { name: 'a', size: 64 << 20, readOnly: false, maxPool: 2 << 20, description: '' });
+  const r = parseExportArg('x:y:1G:max-pool=512K:ro', false);
+  assert.equal(r.name, 'x:y'); assert.equal(r.size, 1 << 30); assert.equal(r.maxPool, 512 << 10); assert.equal(r.readOnly, true);
+  assert.equal(parseExportArg('b:8G', false).maxPool, undefined);
+  assert.throws(() => parseExportArg('a:1G:max-pool=0', false), /more than 0/);
+  assert.throws(() => parseExportArg('a:1G:max-pool=1M:max-pool=2M', false), /twice/);
+  assert.throws(() => parseExportArg('a:1G:max-pool=lots', false), /invalid size/);
+});

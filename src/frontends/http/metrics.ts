@@ -7,7 +7,8 @@
  *                 zdedup_nbd_requests_total{command}, zdedup_nbd_request_errors_total{errno}
  *   latency       zdedup_nbd_request_duration_seconds{kind="read_ram|read_tier|write|other"},
  *                 a histogram, when the server reports one
- *   exports       zdedup_export_size_bytes{export}, zdedup_export_pages{export,kind="data|zero|hole"}
+ *   exports       zdedup_export_size_bytes{export}, zdedup_export_pages{export,kind="data|zero|hole"},
+ *                 zdedup_export_pool_bytes{export}, zdedup_export_max_pool_bytes{export}
  *   process       prom-client's default process and Node metrics under zdedup_
  *
  * One /stats snapshot is taken per scrape and every family reads that same snapshot, so a scrape
@@ -69,8 +70,12 @@ export class StatsMetrics {
 
     const size = this.labelled('zdedup_export_size_bytes', 'Export size in bytes', 'gauge', ['export']);
     const pages = this.labelled('zdedup_export_pages', 'Export pages by kind: data (stored), zero, hole (never written or trimmed)', 'gauge', ['export', 'kind']);
+    const poolBytes = this.labelled('zdedup_export_pool_bytes', 'RAM pool bytes held by objects the export created (exports with pool quotas only)', 'gauge', ['export']);
+    const poolMax = this.labelled('zdedup_export_max_pool_bytes', 'The export\'s pool quota in bytes (0 = none)', 'gauge', ['export']);
     for (const e of doc.exports) {
       setValue(size, e.size, { export: e.name });
+      if (typeof e.pool_bytes === 'number') setValue(poolBytes, e.pool_bytes, { export: e.name });
+      if (typeof e.max_pool_bytes === 'number') setValue(poolMax, e.max_pool_bytes, { export: e.name });
       for (const kind of ['data', 'zero', 'hole'] as const) {
         const n = e[`${kind}_pages`];
         if (typeof n === 'number') setValue(pages, n, { export: e.name, kind });

@@ -26,7 +26,7 @@ export const STORE_COUNTERS: ReadonlySet<string> = new Set([
   'disk_read_errors', 'disk_loads', 'promoted_pages',
   // Counted events of the tiering work, named after the list above was written:
   'evicted_clean_pages', 'pool_bypass_pages', 'writethrough_pages', 'store_waits', 'disk_bytes_written',
-  'disk_record_bytes_appended', 'disk_cleaner_bytes_moved', 'disk_reads',
+  'disk_record_bytes_appended', 'disk_cleaner_bytes_moved', 'disk_reads', 'quota_limit_hit',
 ]);
 
 /** One line per known stat: what it counts (Prometheus HELP, dashboard tooltips). */
@@ -82,6 +82,7 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   disk_bytes_written: 'Bytes written to the disk tier backing (segments, aligned)',
   disk_record_bytes_appended: 'Bytes of records appended for new data (writeback, writethrough, bypass)',
   disk_cleaner_bytes_moved: 'Bytes of live records the cleaner copied forward',
+  quota_limit_hit: 'Stores that found their export at its pool quota (--export NAME:SIZE:max-pool=SIZE)',
   disk_reads: 'Reads issued to the disk tier backing (loads and cold duplicate checks)',
   write_amplification: 'Bytes written to the backing per byte of new data in written segments (cleaning, headers and alignment make it > 1)',
 };

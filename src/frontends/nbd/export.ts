@@ -39,6 +39,8 @@ export interface ExportSpec {
   description?: string;
   /** Refuse WRITE, TRIM and WRITE_ZEROES with EPERM and advertise READ_ONLY. */
   readOnly?: boolean;
+  /** Pool quota: the most RAM pool bytes this export's objects may hold (PageStore.createArea). */
+  maxPool?: number;
 }
 
 export class NbdExport {

@@ -248,7 +248,7 @@ export function validateRequest(h: RequestHeader, c: RequestContext): WireErrno 
 // ---------------------------------------------------------------------------------------------
 
 /** Store outcomes that are results rather than exceptions. */
-export type StoreOutcome = 'stored' | 'reject_pool_limit' | 'reject_alloc_fail' | 'reject_reclaim_fail';
+export type StoreOutcome = 'stored' | 'reject_pool_limit' | 'reject_alloc_fail' | 'reject_reclaim_fail' | 'reject_quota';
 
 /**
  * Maps an exception thrown while serving a request to a wire errno, logging the real cause first.

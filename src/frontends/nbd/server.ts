@@ -115,6 +115,10 @@ export interface ExportInfo {
   data_pages: number;
   zero_pages: number;
   hole_pages: number;
+  /** RAM pool bytes held by objects this export created (null unless some export has a quota). */
+  pool_bytes: number | null;
+  /** The export's pool quota (0 = none). */
+  max_pool_bytes: number;
 }
 
 /** Exports larger than this many pages are not scanned for /stats (a scan costs one call per page). */
@@ -155,7 +159,7 @@ export class NbdServer implements ConnectionHost {
         throw new ZdedupError('ERR_INVALID_ARGUMENT', `export "${spec.name}" size must be a positive integer, got ${spec.size}`);
       }
       const pages = Math.ceil(spec.size / opts.pageSize);
-      const area = opts.store.createArea(`nbd:${spec.name}`, pages);
+      const area = opts.store.createArea(`nbd:${spec.name}`, pages, { maxPoolBytes: spec.maxPool ?? 0 });
       const e = new NbdExport(opts.store, spec, opts.pageSize, area);
       this.byName.set(spec.name, e);
       list.push(e);
@@ -259,6 +263,7 @@ export class NbdServer implements ConnectionHost {
       return {
         name: e.name, description: e.description, size: e.size, read_only: e.readOnly, pages,
         data_pages: a.stored_pages - a.zero_pages, zero_pages: a.zero_pages, hole_pages: a.hole_pages,
+        pool_bytes: a.pool_bytes, max_pool_bytes: a.max_pool_bytes,
       };
     });
   }

@@ -182,7 +182,7 @@ export function registerServe(program: Command, ctx: Ctx): void {
     )
     .option('--socket <path>', `unix socket to listen on (default ${DEFAULT_SOCKET}: /run/zdedup as root, else $XDG_RUNTIME_DIR/zdedup or /tmp/zdedup-UID; the directory is created)`)
     .option('--size <size>', `size of the default export "" (default ${DEFAULT_SIZE})`)
-    .option('--export <name:size[:ro]>', 'an export (repeatable); replaces the default export', collect)
+    .option('--export <name:size[:ro][:max-pool=SIZE]>', 'an export (repeatable); replaces the default export. max-pool: the most RAM pool bytes its data may hold (beyond it, its own coldest objects go to --backing, or its writes get ENOSPC); other exports are never pushed out for it', collect)
     .option('--codec <codec>', 'lz4 | zstd[:LEVEL] | none (default lz4)')
     .option('--page-size <size>', 'store page size, a power of two 4K..64K (default 4K)')
     .option('--listen <[host:]port>', `also (or only) listen on TCP; host defaults to 127.0.0.1, port to ${DEFAULT_NBD_PORT}`)
@@ -425,11 +425,24 @@ export function parsePoolLimit(arg: string): number {
 export function parseExportArg(arg: string, allReadOnly: boolean): ExportSpec {
   let s = arg;
   let readOnly = allReadOnly;
-  if (s.endsWith(':ro')) { readOnly = true; s = s.slice(0, -3); }
+  let maxPool: number | undefined;
+  // Options after the size, in any order: ":ro", ":max-pool=SIZE" (the name itself may hold colons).
+  for (;;) {
+    if (s.endsWith(':ro')) { readOnly = true; s = s.slice(0, -3); continue; }
+    const m = /:max-pool=([^:]*)$/.exec(s);
+    if (m) {
+      if (maxPool !== undefined) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${arg}": max-pool given twice`);
+      maxPool = parseSize(m[1]!);
+      if (maxPool === 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${arg}": max-pool must be more than 0`);
+      s = s.slice(0, m.index);
+      continue;
+    }
+    break;
+  }
   const i = s.lastIndexOf(':');
-  if (i < 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${arg}": expected NAME:SIZE (e.g. swap:8G, or :1G for the default export)`);
+  if (i < 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${arg}": expected NAME:SIZE[:ro][:max-pool=SIZE] (e.g. swap:8G, or :1G for the default export)`);
   const name = s.slice(0, i);
-  return { name, size: parseSize(s.slice(i + 1)), readOnly, description: describeExport(name, readOnly) };
+  return { name, size: parseSize(s.slice(i + 1)), readOnly, description: describeExport(name, readOnly), ...(maxPool !== undefined ? { maxPool } : {}) };
 }
 
 /** The description LIST and INFO_DESCRIPTION report. */
