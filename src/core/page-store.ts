@@ -208,6 +208,11 @@ export class PageStore {
   private areaStored: number[] = [];
   private areaSame: number[] = [];
   private areaZero: number[] = [];
+  // Per area: which 4 KiB blocks of its slot map were ever written (1 bit per 1024 slots) and how
+  // many, so metadata_bytes counts the slot map memory really used, not the whole reservation
+  // (an empty 8 TiB export reserves 8 GiB of slot map that the kernel never backs).
+  private touched: Uint32Array[] = [];
+  private touchedBlocks: number[] = [];
   // per-area pool quotas (0 = none) and bytes of RAM objects each area created
   private areaQuota: number[] = [];
   private areaRam: number[] = [];
@@ -292,6 +297,8 @@ export class PageStore {
     this.slotMaps.push(new Uint32Array(pages));
     this.areaStored.push(0); this.areaSame.push(0); this.areaZero.push(0);
     this.areaQuota.push(quota); this.areaRam.push(0);
+    this.touched.push(new Uint32Array(Math.ceil(pages / 1024 / 32)));
+    this.touchedBlocks.push(0);
     this.names.push(name);
     this.byName.set(name, id);
     if (!this.sharedDedup) this.domainIndex.push(new FingerprintIndex(this.keys));
@@ -402,6 +409,7 @@ export class PageStore {
       this.words.acquire(0, 0);
       this.release(area, old);
       slots[i] = SAME;
+      this.touch(area, i);
       this.count(area, old, 1);
       c.same_filled_pages++; c.zero_pages++;
       this.areaSame[area]!++; this.areaZero[area]!++;
@@ -606,6 +614,7 @@ export class PageStore {
       ram_objects: this.objects.lruCount,
       ram_compressed_bytes: this.ramBytes,
       metadata_bytes: meta,
+      slot_map_reserved_bytes: this.slotMapReservedBytes(),
       compression_ratio: c.compressed_bytes > 0 ? (c.unique_objects * P) / c.compressed_bytes : 1,
       dedup_ratio: c.unique_objects > 0 ? dedupSlots / c.unique_objects : 1,
       effective_ratio: (c.stored_pages * P) / (pool + meta),
@@ -649,11 +658,25 @@ export class PageStore {
     };
   }
 
-  /** Bytes of metadata: slot maps, object table, indexes, word table, pool bookkeeping. */
+  /**
+   * Bytes of metadata: slot maps (the 4 KiB blocks ever written: what the kernel backs), object
+   * table, indexes, word table, pool bookkeeping. slotMapReservedBytes() is the slot maps' full size.
+   */
   metadataBytes(): number {
     let b = this.objects.bytes() + this.words.bytes() + this.pool.metadataBytes();
-    for (const m of this.slotMaps) if (m) b += m.byteLength;
+    for (let a = 0; a < this.slotMaps.length; a++) {
+      const m = this.slotMaps[a];
+      if (!m) continue;
+      b += Math.min(m.byteLength, this.touchedBlocks[a]! * 4096) + this.touched[a]!.byteLength;
+    }
     for (const ix of this.domainIndex) b += ix.bytes();
+    return b;
+  }
+
+  /** Bytes reserved for slot maps (4 per slot of every area, written or not); the kernel backs only written blocks. */
+  slotMapReservedBytes(): number {
+    let b = 0;
+    for (const m of this.slotMaps) if (m) b += m.byteLength;
     return b;
   }
 
@@ -738,6 +761,7 @@ export class PageStore {
       const w = this.words.acquire(lo, hi);
       this.release(area, old);
       slots[offset] = SAME | w;
+      this.touch(area, offset);
       this.count(area, old, 1);
       c.same_filled_pages++;
       this.areaSame[area]!++;
@@ -763,6 +787,7 @@ export class PageStore {
       this.objects.incRef(id);
       this.release(area, old);
       slots[offset] = id + 1;
+      this.touch(area, offset);
       this.count(area, old, 1);
       return S_OK;
     }
@@ -786,6 +811,7 @@ export class PageStore {
     if (raw) c.stored_incompressible_pages++;
     this.release(area, old);
     slots[offset] = id + 1;
+    this.touch(area, offset);
     this.count(area, old, 1);
     return S_OK;
   }
@@ -1079,6 +1105,17 @@ export class PageStore {
     this.objects.lruRemove(id);
     this.objects.flags[id] = this.objects.flags[id]! & ~(IN_RAM | REFERENCED);
     this.ramBytes -= len;
+  }
+
+  /** Notes that the slot map block holding `offset` has been written (see `touched`). */
+  private touch(area: number, offset: number): void {
+    const b = offset >>> 10;
+    const m = this.touched[area]!;
+    const bit = 1 << (b & 31);
+    if ((m[b >>> 5]! & bit) === 0) {
+      m[b >>> 5]! |= bit;
+      this.touchedBlocks[area]!++;
+    }
   }
 
   /** Keeps stored_pages right when a slot goes from `old` to empty (now = 0) or filled (now = 1). */

@@ -29,8 +29,10 @@ export interface PageStoreStats {
   /** Objects held in RAM (in the LRU list), and the sum of their stored lengths. */
   ram_objects: number;
   ram_compressed_bytes: number;
-  /** Bytes of per-page and per-object metadata (typed arrays, tables, arena bookkeeping). */
+  /** Bytes of per-page and per-object metadata (typed arrays, tables, arena bookkeeping); slot maps count only the 4 KiB blocks ever written. */
   metadata_bytes: number;
+  /** Bytes reserved for slot maps (4 per slot, written or not): address space, backed by the kernel only where written. */
+  slot_map_reserved_bytes: number;
   /** unique_objects * page_size / compressed_bytes (1 when empty). */
   compression_ratio: number;
   /** (stored_pages - same_filled_pages) / unique_objects (1 when empty). */

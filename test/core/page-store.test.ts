@@ -199,3 +199,18 @@ test('deleteArea drops its pages and its name; other areas are untouched', () =>
   assert.ok(into.equals(makePage('text', 2)));
   store.checkInvariants();
 });
+
+test('metadata_bytes counts the slot map blocks written, not the whole reservation of a huge empty area', () => {
+  const store = new PageStore();
+  const a = store.createArea('big', 2 ** 30); // 4 TiB of 4 KiB pages: 4 GiB of slot map reserved
+  const empty = store.stats();
+  assert.equal(empty.slot_map_reserved_bytes, 4 * 2 ** 30);
+  assert.ok(empty.metadata_bytes < 64 << 20, `an empty area costs little (${empty.metadata_bytes} B)`);
+  store.store(a, 0, makePage('text', 1));
+  store.store(a, 5000, makePage('text', 2));
+  store.store(a, 5001, makePage('text', 3)); // same 1024-slot block as 5000
+  const s = store.stats();
+  assert.ok(s.metadata_bytes >= empty.metadata_bytes + 2 * 4096, 'the two written slot-map blocks count');
+  assert.ok(s.metadata_bytes < 64 << 20, 'and not the 4 GiB reservation');
+  assert.ok(s.effective_ratio > 0);
+});
