@@ -21,21 +21,19 @@
  * Results: bench/results/nbd-<date>.{json,md}. Needs nbdkit, nbdcopy (libnbd-bin) and fio; root for
  * the process image.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { buildCorpus, GENERATORS, PAGE } from './corpora.js';
 import { describeMachine, machineMarkdown } from './machine.js';
 import { buildProcessImage } from './process-image.js';
+import {
+  filesEqual, freePort, loadavg, readFioReport, REPO, saveResults, SERVE_NODE_FLAGS, spawnServer, stopServer, toolVersion, waitListening,
+} from './servers.js';
 
-const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const BASELINE = 'nbdkit-zstd';
-/** The node flags bin/zdedup.js's shebang and the systemd units run the server with. */
-const SERVE_NODE_FLAGS = ['--max-semi-space-size=1'];
 
 interface ServerSpec {
   name: string;
@@ -80,36 +78,6 @@ function vmRssBytes(pid: number): number {
   return Number(m[1]) * 1024;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Resolves once something accepts connections on the unix socket (bounded). */
-async function waitListening(socket: string, child: ChildProcess, log: () => string): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`server exited (${child.exitCode ?? child.signalCode}): ${log()}`);
-    if (existsSync(socket)) {
-      const ok = await new Promise<boolean>((resolve) => {
-        const c = connect(socket);
-        c.once('connect', () => { c.destroy(); resolve(true); });
-        c.once('error', () => resolve(false));
-      });
-      if (ok) return;
-    }
-    await sleep(25);
-  }
-  throw new Error(`server did not listen on ${socket}: ${log()}`);
-}
-
 async function fetchStore(http: string): Promise<Record<string, number> | null> {
   try {
     const res = await fetch(`http://${http}/stats`, { signal: AbortSignal.timeout(3000) });
@@ -133,41 +101,11 @@ function timed(cmd: string, args: string[]): number {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
-function filesEqual(a: string, b: string): boolean {
-  if (statSync(a).size !== statSync(b).size) return false;
-  const fa = openSync(a, 'r');
-  const fb = openSync(b, 'r');
-  const ba = Buffer.alloc(16 << 20);
-  const bb = Buffer.alloc(16 << 20);
-  try {
-    for (let off = 0; ; off += ba.length) {
-      const na = readSync(fa, ba, 0, ba.length, off);
-      const nb = readSync(fb, bb, 0, bb.length, off);
-      if (na !== nb) return false;
-      if (na === 0) return true;
-      if (ba.compare(bb, 0, nb, 0, na) !== 0) return false;
-    }
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-}
-
 function fioLatency(uri: string, size: number, ios: number, out: string): { p50: number; p99: number; ios: number } {
   execFileSync('fio', ['--name=randread4k', '--ioengine=nbd', `--uri=${uri}`, '--rw=randread', '--bs=4k', '--iodepth=1',
     `--size=${size}`, `--number_ios=${ios}`, '--randrepeat=1', '--output-format=json', `--output=${out}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-  const j = JSON.parse(readFileSync(out, 'utf8')) as { jobs: Array<{ read: { total_ios: number; clat_ns: { percentile: Record<string, number> } } }> };
-  const r = j.jobs[0]!.read;
-  rmSync(out, { force: true });
-  return { p50: r.clat_ns.percentile['50.000000']! / 1000, p99: r.clat_ns.percentile['99.000000']! / 1000, ios: r.total_ios };
-}
-
-function toolVersion(cmd: string, args: string[] = ['--version']): string {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')[0]!.trim();
-  } catch {
-    return 'missing';
-  }
+  const r = readFioReport(out).read;
+  return { p50: r.p50_us, p99: r.p99_us, ios: r.ios };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,14 +123,11 @@ async function runOne(spec: ServerSpec, corpus: string, path: string, latIos: nu
   rmSync(socket, { force: true });
   const http = `127.0.0.1:${await freePort()}`;
   const [cmd, args] = spec.argv(socket, bytes, http);
-  let log = '';
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-2000); });
-  child.stderr!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-2000); });
+  const { child, log } = spawnServer(cmd, args, 2000);
   const uri = `nbd+unix:///?socket=${socket}`;
   const out = join('/dev/shm', `zdedup-bench-${process.pid}.out`);
   try {
-    await waitListening(socket, child, () => log);
+    await waitListening(socket, child, log, 400);
     if (spec.stats) await fetchStore(http); // let the HTTP side finish starting before the baseline
     row.rss_before_bytes = vmRssBytes(child.pid!);
     row.write_mb_s = bytes / 1e6 / timed('nbdcopy', [path, uri]);
@@ -209,14 +144,10 @@ async function runOne(spec: ServerSpec, corpus: string, path: string, latIos: nu
     row.lat_p99_us = lat.p99;
     row.lat_ios = lat.ios;
   } catch (e) {
-    row.error = `${(e as Error).message.split('\n')[0]}${log ? ` | server: ${log.trim().split('\n').slice(-2).join(' / ')}` : ''}`;
+    row.error = `${(e as Error).message.split('\n')[0]}${log() ? ` | server: ${log().trim().split('\n').slice(-2).join(' / ')}` : ''}`;
   } finally {
     rmSync(out, { force: true });
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      for (let i = 0; i < 200 && child.exitCode === null && child.signalCode === null; i++) await sleep(25);
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    }
+    await stopServer(child, 200);
     rmSync(socket, { force: true });
   }
   return row;
@@ -310,7 +241,6 @@ async function main(): Promise<void> {
   for (const c of corpora) execFileSync('cat', [c.path], { stdio: ['ignore', 'ignore', 'ignore'] });
 
   // other work on the machine skews every figure: record the load so readers can judge
-  const loadavg = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const loadBefore = loadavg();
   const rows: Row[] = [];
   try {
@@ -355,15 +285,10 @@ async function main(): Promise<void> {
   ].join('\n');
   process.stdout.write(md);
   if (!values['no-save']) {
-    const date = new Date().toISOString().slice(0, 10);
-    const dir = join(REPO, 'bench/results');
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, `nbd-${date}.json`), JSON.stringify({
+    saveResults('nbd', {
       bench: 'nbd', machine, tools, load_before: loadBefore, load_after: loadAfter, params: { corpus_mib: mibN, lat_ios: latIos, baseline: BASELINE },
       corpora: corpora.map(({ name, bytes, sources }) => ({ name, bytes, sources })), results: rows, goals: g,
-    }, null, 2) + '\n');
-    writeFileSync(join(dir, `nbd-${date}.md`), md);
-    process.stderr.write(`bench:nbd: wrote bench/results/nbd-${date}.{json,md}\n`);
+    }, md);
   }
   if (rows.some((r) => r.verified === false)) process.exitCode = 1; // a server returned wrong data
 }

@@ -32,8 +32,8 @@
  *            compressible buffers, io_size = a quarter of the data; then /stats polled until
  *            cleaned_segments and disk_bytes_written stop changing (or --settle-s): write_amplification.
  *
- * nbd.ts exports none of its helpers (importing it runs its benchmark), so the few process/socket
- * helpers below mirror its own; the machine description and the page generators are imported.
+ * The process, socket, fio and comparison helpers are bench/servers.ts's, shared with bench/nbd.ts;
+ * the machine description and the page generators are imported too.
  *
  *   usage: npm run bench:tier -- [--data-mib 1024] [--pool 256M] [--backing-size 4G]
  *          [--tight-backing-size auto|SIZE|off] [--segment-size 4M] [--codec lz4] [--dir /var/tmp/zdedup-bench-tier]
@@ -41,18 +41,17 @@
  *   quick:  npm run bench:tier -- --data-mib 256 --pool 64M --backing-size 1G --lat-ios 5000 --no-save
  * Results: bench/results/tier-<date>.{json,md}. Needs nbdkit, nbdcopy (libnbd-bin) and fio with its nbd engine.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { corporaDir, PAGE, Rng, structPage, textPage } from './corpora.js';
 import { describeMachine, machineMarkdown } from './machine.js';
+import {
+  filesEqual, freePort, type Lat, loadavg, readFioReport, REPO, saveResults, SERVE_NODE_FLAGS, sleep, spawnServer, stopServer, toolVersion,
+  waitListening,
+} from './servers.js';
 
-const REPO = fileURLToPath(new URL('../../', import.meta.url));
-/** The node flags bin/zdedup.js's shebang and the systemd units run the server with (as bench/nbd.ts). */
-const SERVE_NODE_FLAGS = ['--max-semi-space-size=1'];
 const MiB = 2 ** 20;
 
 // ---------------------------------------------------------------------------------------------
@@ -107,40 +106,10 @@ function fillWord(page: Buffer, w: number): void {
 // Helpers (processes, sockets, /stats, fio)
 // ---------------------------------------------------------------------------------------------
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const loadavg = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-
 function parseSize(s: string): number {
   const m = /^(\d+(?:\.\d+)?)([KMGT]?)i?B?$/i.exec(s.trim());
   if (!m) throw new Error(`bad size ${s}`);
   return Math.round(Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase()));
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitListening(socket: string, child: ChildProcess, log: () => string): Promise<void> {
-  for (let i = 0; i < 800; i++) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`server exited (${child.exitCode ?? child.signalCode}): ${log()}`);
-    if (existsSync(socket)) {
-      const ok = await new Promise<boolean>((resolve) => {
-        const c = connect(socket);
-        c.once('connect', () => { c.destroy(); resolve(true); });
-        c.once('error', () => resolve(false));
-      });
-      if (ok) return;
-    }
-    await sleep(25);
-  }
-  throw new Error(`server did not listen on ${socket}: ${log()}`);
 }
 
 type Stats = Record<string, number>;
@@ -176,40 +145,14 @@ function run(cmd: string, args: string[]): Promise<number> {
   });
 }
 
-function filesEqual(a: string, b: string): boolean {
-  if (statSync(a).size !== statSync(b).size) return false;
-  const fa = openSync(a, 'r');
-  const fb = openSync(b, 'r');
-  const ba = Buffer.alloc(16 * MiB);
-  const bb = Buffer.alloc(16 * MiB);
-  try {
-    for (let off = 0; ; off += ba.length) {
-      const na = readSync(fa, ba, 0, ba.length, off);
-      const nb = readSync(fb, bb, 0, bb.length, off);
-      if (na !== nb) return false;
-      if (na === 0) return true;
-      if (ba.compare(bb, 0, nb, 0, na) !== 0) return false;
-    }
-  } finally { closeSync(fa); closeSync(fb); }
-}
-
 /** Drops a file's pages from the page cache (GNU dd's documented idiom). */
 function dropFileCache(path: string): void {
   execFileSync('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
 }
 
-interface Lat { p50_us: number; p99_us: number; p999_us: number; mean_us: number; ios: number }
-
 async function fio(args: string[], out: string): Promise<{ read: Lat; write_bytes: number }> {
   await run('fio', [...args, '--output-format=json', `--output=${out}`]);
-  const j = JSON.parse(readFileSync(out, 'utf8')) as { jobs: Array<{ read: { total_ios: number; clat_ns: { mean: number; percentile?: Record<string, number> } }; write: { io_bytes: number } }> };
-  rmSync(out, { force: true });
-  const r = j.jobs[0]!.read;
-  const p = r.clat_ns.percentile ?? {};
-  return {
-    read: { p50_us: (p['50.000000'] ?? 0) / 1000, p99_us: (p['99.000000'] ?? 0) / 1000, p999_us: (p['99.900000'] ?? 0) / 1000, mean_us: r.clat_ns.mean / 1000, ios: r.total_ios },
-    write_bytes: j.jobs[0]!.write.io_bytes,
-  };
+  return readFioReport(out);
 }
 
 /** 4 KiB random reads at QD1 through the NBD socket over [offset, offset+size). */
@@ -226,12 +169,6 @@ function zdedupCommit(): string {
     const dirty = execFileSync('git', ['-C', REPO, 'status', '--porcelain', '--', 'src', 'bin'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
     return dirty ? `${head} + uncommitted changes in src/ or bin/` : head;
   } catch { return 'unknown'; }
-}
-
-function toolVersion(cmd: string, args: string[] = ['--version']): string {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')[0]!.trim();
-  } catch { return 'missing'; }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,17 +266,14 @@ async function runServer(spec: ServerSpec, p: Params, corpus: string): Promise<R
   const http = `127.0.0.1:${await freePort()}`;
   const [cmd, args] = spec.argv(p, socket, http);
   row.args = [cmd === process.execPath ? 'node' : cmd, ...args].join(' ').replace(REPO, '');
-  let log = '';
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-4000); });
-  child.stderr!.on('data', (b: Buffer) => { log = (log + b.toString()).slice(-4000); });
+  const { child, log } = spawnServer(cmd, args, 4000);
   const uri = `nbd+unix:///?socket=${socket}`;
   const out = join('/dev/shm', `zdedup-bench-tier-${process.pid}.out`);
   const fioOut = join(p.dir, `${spec.name}.fio.json`);
   const stats = spec.zdedup ? () => fetchStats(http) : null;
   const say = (s: string): void => { process.stderr.write(s); };
   try {
-    await waitListening(socket, child, () => log);
+    await waitListening(socket, child, log, 800);
     // the HTTP side may start listening a little after the NBD socket
     for (let i = 0; stats; i++) {
       try { await stats(); break; } catch (e) { if (i >= 80) throw e; await sleep(50); }
@@ -411,15 +345,12 @@ async function runServer(spec: ServerSpec, p: Params, corpus: string): Promise<R
   } finally {
     rmSync(out, { force: true });
     rmSync(fioOut, { force: true });
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      for (let i = 0; i < 400 && child.exitCode === null && child.signalCode === null; i++) await sleep(25);
-      if (child.exitCode === null && child.signalCode === null) { row.error ??= 'server did not exit on SIGTERM within 10 s'; child.kill('SIGKILL'); }
-    } else if (row.error === null) {
-      row.error = `server exited early (${child.exitCode ?? child.signalCode})`;
-    }
-    if (row.error !== null) row.error += log ? ` | server: ${log.trim().split('\n').slice(-3).join(' / ')}` : '';
-    row.server_log = log.trim().split('\n').slice(-20).join('\n');
+    const early = `server exited early (${child.exitCode ?? child.signalCode})`;
+    const stop = await stopServer(child, 400);
+    if (stop === 'killed') row.error ??= 'server did not exit on SIGTERM within 10 s';
+    else if (stop === 'not-running') row.error ??= early;
+    if (row.error !== null) row.error += log() ? ` | server: ${log().trim().split('\n').slice(-3).join(' / ')}` : '';
+    row.server_log = log().trim().split('\n').slice(-20).join('\n');
     rmSync(socket, { force: true });
   }
   say(row.error ? ` ERROR: ${row.error}\n` : '\n');
@@ -634,15 +565,10 @@ async function main(): Promise<void> {
   ].join('\n');
   process.stdout.write(md);
   if (!values['no-save']) {
-    const date = new Date().toISOString().slice(0, 10);
-    const dir = join(REPO, 'bench/results');
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, `tier-${date}.json`), JSON.stringify({
+    saveResults('tier', {
       bench: 'tier', zdedup_commit: commit, machine, tools, filesystem: { dir: p.dir, type: fsType, device: fsDev }, load_before: loadBefore, load_after_step: loads,
       load_after: loadAfter, params: { ...p, data_mib: Number(values['data-mib']) }, raw_fio: raw, raw_fio_error: rawError, results: rows, goals: g,
-    }, null, 2) + '\n');
-    writeFileSync(join(dir, `tier-${date}.md`), md);
-    process.stderr.write(`bench:tier: wrote bench/results/tier-${date}.{json,md}\n`);
+    }, md);
   }
   if (rows.some((r) => r.verified === false)) process.exitCode = 1; // a server returned wrong data
 }
