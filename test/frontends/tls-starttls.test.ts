@@ -59,6 +59,15 @@ class Wire {
     h.writeUInt32BE(data.length, 12);
     this.s.write(Buffer.concat([h, data]));
   }
+  /** A transmission request: magic, no flags, `type` (0 READ, 1 WRITE), `cookie`, offset 0, `length`; then `payload`. */
+  request(type: number, cookie: bigint, length: number, payload: Buffer = Buffer.alloc(0)): void {
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(0x25609513, 0);
+    h.writeUInt16BE(type, 6);
+    h.writeBigUInt64BE(cookie, 8);
+    h.writeUInt32BE(length, 24);
+    this.s.write(Buffer.concat([h, payload]));
+  }
   async reply(): Promise<{ opt: number; type: number; data: Buffer } | null> {
     const h = await this.read(20);
     if (h === null) return null;
@@ -152,20 +161,10 @@ describe('NBD STARTTLS', () => {
       if (r.type === REP.ACK) break;
     }
     assert.equal(flags & (1 << 7), 0, 'no SEND_DF: structured replies were not negotiated inside TLS');
-    const req = Buffer.alloc(28 + PS, 0x5a);
-    req.fill(0, 0, 28);
-    req.writeUInt32BE(0x25609513, 0);
-    req.writeUInt16BE(1, 6);
-    req.writeBigUInt64BE(1n, 8);
-    req.writeUInt32BE(PS, 24);
-    t.write(req);
+    s.request(1, 1n, PS, Buffer.alloc(PS, 0x5a));
     const wr = await s.read(16);
     assert.equal(wr?.readUInt32BE(4), 0, 'WRITE over TLS');
-    const rd = Buffer.alloc(28);
-    rd.writeUInt32BE(0x25609513, 0);
-    rd.writeBigUInt64BE(2n, 8);
-    rd.writeUInt32BE(PS, 24);
-    t.write(rd);
+    s.request(0, 2n, PS);
     const h = await s.read(16);
     assert.equal(h?.readUInt32BE(0), 0x67446698, 'a simple reply');
     assert.deepEqual(await s.read(PS), Buffer.alloc(PS, 0x5a));

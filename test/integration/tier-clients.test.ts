@@ -44,6 +44,18 @@ async function withTierServer(dir: string, extra: string[], fn: (s: Server) => P
   }
 }
 
+/** Runs fn in a fresh directory holding data.img (PAGES pages of generateTierFile(seed)); removes the directory after. */
+async function withDataFile(prefix: string, seed: number, fn: (dir: string, data: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  try {
+    const data = join(dir, 'data.img');
+    generateTierFile(data, PAGES, seed);
+    await fn(dir, data);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** Samples /stats every 50 ms while fn runs; returns the largest pool_total_size seen. */
 async function watchPool(s: Server, fn: () => Promise<void>): Promise<number> {
   let max = 0;
@@ -124,104 +136,88 @@ describe('disk tier with real NBD clients', () => {
   test('nbdcopy 5x the pool in and out byte-identical, qemu-img compare, overwrite a quarter, compare again',
     { timeout: 5 * 60_000 }, async (t) => {
       if (skipUnless(t, 'nbdcopy', 'qemu-img', 'python3-libnbd')) return;
-      const dir = mkdtempSync(join(tmpdir(), 'zdedup-tier-clients-'));
-      try {
-        const data = join(dir, 'data.img');
-        generateTierFile(data, PAGES, 1);
-        await withTierServer(dir, ['--backing-size', '512M'], async (s) => {
-          const maxPool = await watchPool(s, async () => {
-            await runOk('nbdcopy', ['--connections=4', '--flush', data, s.uri()]);
-          });
-          const afterWrite = await storeStats(s);
-          logStats(t, 'after write', afterWrite);
-          assert.equal(afterWrite['max_pool_bytes'], POOL);
-          assert.ok(maxPool <= POOL, `pool_total_size reached ${maxPool} > max_pool_bytes ${POOL}`);
-          assert.ok(afterWrite['compressed_bytes']! > 1.5 * POOL, `the data does not overflow the pool: compressed_bytes ${afterWrite['compressed_bytes']}`);
-          assert.ok(afterWrite['written_back_pages']! > 0, 'objects were written back to the disk tier');
-          assert.ok(afterWrite['disk_segments']! > 1, `several segments in use: ${afterWrite['disk_segments']}`);
-          assert.ok(afterWrite['disk_objects']! > 0, 'objects live in the disk tier');
-          // nbdcopy leaves runs of zeroes as holes (it skips or zeroes them), so count only the rest
-          const nonZero = countNonZeroPages(data);
-          assert.ok(afterWrite['stored_pages']! >= nonZero, `stored_pages ${afterWrite['stored_pages']} < ${nonZero} non-zero pages written`);
-
-          // read back: nbdcopy and qemu-img compare, both through disk loads
-          await readBackEquals(s, dir, data, 'nbdcopy read back');
-          await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', data, s.uri()]);
-          const afterRead = await storeStats(s);
-          logStats(t, 'after read', afterRead);
-          assert.ok(afterRead['disk_loads']! > 0, 'loads were served from the disk tier');
-
-          // overwrite a quarter of it in 64 KiB ranges, some unaligned (read-modify-write of cold pages)
-          const { file: data2, rangesFile } = overwriteFile(dir, data, 2);
-          const maxPool2 = await watchPool(s, async () => {
-            await tierIo(s, { MODE: 'ranges', SRC: data2, RANGES: rangesFile });
-          });
-          await readBackEquals(s, dir, data2, 'read back after the overwrite');
-          await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', data2, s.uri()]);
-          // the comparison can fail: the old contents differ from the server's
-          const stale = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', data, s.uri()]);
-          assert.equal(stale.code, 1, `qemu-img compare sees the overwrite: ${stale.stdout}${stale.stderr}`);
-
-          const end = await storeStats(s);
-          logStats(t, 'end', end);
-          assert.ok(maxPool2 <= POOL && end['pool_total_size']! <= end['max_pool_bytes']!,
-            `pool_total_size ${Math.max(maxPool2, end['pool_total_size']!)} > max_pool_bytes ${end['max_pool_bytes']}`);
-          assert.ok(end['written_back_pages']! > 0 && end['disk_loads']! > 0 && end['disk_segments']! > 0);
-          assert.ok(end['disk_live_bytes']! < end['disk_bytes']!,
-            `overwritten objects left dead records on disk (live ${end['disk_live_bytes']} of ${end['disk_bytes']})`);
-          for (const k of ['disk_read_errors', 'disk_write_errors', 'decompress_fail', 'reject_reclaim_fail']) {
-            assert.equal(end[k], 0, `${k} stays 0 on a healthy disk`);
-          }
-          assert.ok(end['disk_live_bytes']! <= end['disk_bytes']!, 'live bytes within used bytes');
+      await withDataFile('zdedup-tier-clients-', 1, async (dir, data) => withTierServer(dir, ['--backing-size', '512M'], async (s) => {
+        const maxPool = await watchPool(s, async () => {
+          await runOk('nbdcopy', ['--connections=4', '--flush', data, s.uri()]);
         });
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
+        const afterWrite = await storeStats(s);
+        logStats(t, 'after write', afterWrite);
+        assert.equal(afterWrite['max_pool_bytes'], POOL);
+        assert.ok(maxPool <= POOL, `pool_total_size reached ${maxPool} > max_pool_bytes ${POOL}`);
+        assert.ok(afterWrite['compressed_bytes']! > 1.5 * POOL, `the data does not overflow the pool: compressed_bytes ${afterWrite['compressed_bytes']}`);
+        assert.ok(afterWrite['written_back_pages']! > 0, 'objects were written back to the disk tier');
+        assert.ok(afterWrite['disk_segments']! > 1, `several segments in use: ${afterWrite['disk_segments']}`);
+        assert.ok(afterWrite['disk_objects']! > 0, 'objects live in the disk tier');
+        // nbdcopy leaves runs of zeroes as holes (it skips or zeroes them), so count only the rest
+        const nonZero = countNonZeroPages(data);
+        assert.ok(afterWrite['stored_pages']! >= nonZero, `stored_pages ${afterWrite['stored_pages']} < ${nonZero} non-zero pages written`);
+
+        // read back: nbdcopy and qemu-img compare, both through disk loads
+        await readBackEquals(s, dir, data, 'nbdcopy read back');
+        await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', data, s.uri()]);
+        const afterRead = await storeStats(s);
+        logStats(t, 'after read', afterRead);
+        assert.ok(afterRead['disk_loads']! > 0, 'loads were served from the disk tier');
+
+        // overwrite a quarter of it in 64 KiB ranges, some unaligned (read-modify-write of cold pages)
+        const { file: data2, rangesFile } = overwriteFile(dir, data, 2);
+        const maxPool2 = await watchPool(s, async () => {
+          await tierIo(s, { MODE: 'ranges', SRC: data2, RANGES: rangesFile });
+        });
+        await readBackEquals(s, dir, data2, 'read back after the overwrite');
+        await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', data2, s.uri()]);
+        // the comparison can fail: the old contents differ from the server's
+        const stale = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', data, s.uri()]);
+        assert.equal(stale.code, 1, `qemu-img compare sees the overwrite: ${stale.stdout}${stale.stderr}`);
+
+        const end = await storeStats(s);
+        logStats(t, 'end', end);
+        assert.ok(maxPool2 <= POOL && end['pool_total_size']! <= end['max_pool_bytes']!,
+          `pool_total_size ${Math.max(maxPool2, end['pool_total_size']!)} > max_pool_bytes ${end['max_pool_bytes']}`);
+        assert.ok(end['written_back_pages']! > 0 && end['disk_loads']! > 0 && end['disk_segments']! > 0);
+        assert.ok(end['disk_live_bytes']! < end['disk_bytes']!,
+          `overwritten objects left dead records on disk (live ${end['disk_live_bytes']} of ${end['disk_bytes']})`);
+        for (const k of ['disk_read_errors', 'disk_write_errors', 'decompress_fail', 'reject_reclaim_fail']) {
+          assert.equal(end[k], 0, `${k} stays 0 on a healthy disk`);
+        }
+        assert.ok(end['disk_live_bytes']! <= end['disk_bytes']!, 'live bytes within used bytes');
+      }));
     });
 
   test('--writethrough: every new object goes to disk at store time, eviction drops clean copies, data round-trips',
     { timeout: 5 * 60_000 }, async (t) => {
       if (skipUnless(t, 'nbdcopy', 'qemu-img')) return;
-      const dir = mkdtempSync(join(tmpdir(), 'zdedup-tier-wt-'));
-      try {
-        const data = join(dir, 'data.img');
-        generateTierFile(data, PAGES, 3);
-        await withTierServer(dir, ['--backing-size', '512M', '--writethrough'], async (s) => {
-          const maxPool = await watchPool(s, async () => {
-            await runOk('nbdcopy', ['--connections=4', '--flush', data, s.uri()]);
-          });
-          const st = await storeStats(s);
-          logStats(t, 'after write', st);
-          assert.ok(maxPool <= POOL, `pool_total_size reached ${maxPool} > ${POOL}`);
-          assert.ok(st['writethrough_pages']! > 0, 'objects were written through at store time');
-          assert.ok(st['evicted_clean_pages']! > 0, 'eviction dropped RAM copies the disk already held');
-          await readBackEquals(s, dir, data, 'writethrough read back');
-          await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', data, s.uri()]);
-          const end = await storeStats(s);
-          logStats(t, 'end', end);
-          assert.ok(end['disk_loads']! > 0, 'loads were served from the disk tier');
-          assert.equal(end['disk_read_errors'], 0);
-          assert.equal(end['decompress_fail'], 0);
+      await withDataFile('zdedup-tier-wt-', 3, async (dir, data) => withTierServer(dir, ['--backing-size', '512M', '--writethrough'], async (s) => {
+        const maxPool = await watchPool(s, async () => {
+          await runOk('nbdcopy', ['--connections=4', '--flush', data, s.uri()]);
         });
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
+        const st = await storeStats(s);
+        logStats(t, 'after write', st);
+        assert.ok(maxPool <= POOL, `pool_total_size reached ${maxPool} > ${POOL}`);
+        assert.ok(st['writethrough_pages']! > 0, 'objects were written through at store time');
+        assert.ok(st['evicted_clean_pages']! > 0, 'eviction dropped RAM copies the disk already held');
+        await readBackEquals(s, dir, data, 'writethrough read back');
+        await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', data, s.uri()]);
+        const end = await storeStats(s);
+        logStats(t, 'end', end);
+        assert.ok(end['disk_loads']! > 0, 'loads were served from the disk tier');
+        assert.equal(end['disk_read_errors'], 0);
+        assert.equal(end['decompress_fail'], 0);
+      }));
     });
 
   test('a small backing file: repeated overwrites make the cleaner reclaim segments, and every byte stays right',
     { timeout: 5 * 60_000 }, async (t) => {
       if (skipUnless(t, 'nbdcopy', 'qemu-img', 'python3-libnbd')) return;
-      const dir = mkdtempSync(join(tmpdir(), 'zdedup-tier-clean-'));
-      try {
-        let data = join(dir, 'data.img');
-        generateTierFile(data, PAGES, 4);
+      await withDataFile('zdedup-tier-clean-', 4, async (dir, first) => {
+        let data = first;
         await withTierServer(dir, ['--backing-size', String(BACKING_SMALL)], async (s) => {
           await runOk('nbdcopy', ['--connections=4', '--flush', data, s.uri()]);
           logStats(t, 'after write', await storeStats(s));
           for (let round = 0; round < OVERWRITE_ROUNDS; round++) {
             const next = overwriteFile(dir, data, 10 + round);
             await tierIo(s, { MODE: 'ranges', SRC: next.file, RANGES: next.rangesFile });
-            if (data !== join(dir, 'data.img')) rmSync(data);
+            if (data !== first) rmSync(data);
             data = next.file;
             logStats(t, `after overwrite ${round + 1}`, await storeStats(s));
           }
@@ -235,9 +231,7 @@ describe('disk tier with real NBD clients', () => {
             assert.equal(end[k], 0, `${k} stays 0`);
           }
         });
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
+      });
     });
 });
 

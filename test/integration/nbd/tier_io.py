@@ -30,44 +30,44 @@ def ename(e):
     return errno.errorcode.get(e.errnum, str(e.errnum))
 
 
-result = {}
-if MODE == "read":
-    ok, bad, errors = 0, [], {}
-    with open(os.environ["EXPECT"], "rb") as f:
+def chunks(path):
+    """(chunk index, offset, length, the file's bytes there) for each CHUNK of [OFF, OFF+LEN)."""
+    with open(path, "rb") as f:
         for i in range(0, (LEN + CHUNK - 1) // CHUNK):
             off = OFF + i * CHUNK
             n = min(CHUNK, OFF + LEN - off)
             f.seek(off)
-            want = f.read(n)
-            try:
-                got = h.pread(n, off)
-            except nbd.Error as e:
-                errors.setdefault(ename(e), []).append(i)
-                continue
-            if bytes(got) == want:
-                ok += 1
-            else:
-                bad.append(i)
+            yield i, off, n, f.read(n)
+
+
+result = {}
+if MODE == "read":
+    ok, bad, errors = 0, [], {}
+    for i, off, n, want in chunks(os.environ["EXPECT"]):
+        try:
+            got = h.pread(n, off)
+        except nbd.Error as e:
+            errors.setdefault(ename(e), []).append(i)
+            continue
+        if bytes(got) == want:
+            ok += 1
+        else:
+            bad.append(i)
     result = {"ok": ok, "bad": bad, "errors": errors}
 elif MODE == "write":
     stop_after = int(os.environ.get("STOP_AFTER", "0"))
     acked, errors, run = [], {}, 0
-    with open(os.environ["SRC"], "rb") as f:
-        for i in range(0, (LEN + CHUNK - 1) // CHUNK):
-            off = OFF + i * CHUNK
-            n = min(CHUNK, OFF + LEN - off)
-            f.seek(off)
-            buf = f.read(n)
-            try:
-                h.pwrite(buf, off)
-            except nbd.Error as e:
-                errors.setdefault(ename(e), []).append(i)
-                run += 1
-                if stop_after and run >= stop_after:
-                    break
-                continue
-            run = 0
-            acked.append(i)
+    for i, off, _n, buf in chunks(os.environ["SRC"]):
+        try:
+            h.pwrite(buf, off)
+        except nbd.Error as e:
+            errors.setdefault(ename(e), []).append(i)
+            run += 1
+            if stop_after and run >= stop_after:
+                break
+            continue
+        run = 0
+        acked.append(i)
     result = {"acked": acked, "errors": errors}
 elif MODE == "ranges":
     with open(os.environ["RANGES"]) as rf:
