@@ -17,6 +17,9 @@
  * written-back object promoted by a load, or written through: dropping its RAM copy costs no
  * write). An object is in the LRU list exactly when IN_RAM.
  *
+ * Without a tier nothing is ever written back: the location and LRU columns (16 B per object) are
+ * then not allocated and the list calls only count (chosen once, at construction).
+ *
  * LRU with second chance (zswap's referenced bit): a new RAM object goes to the head unreferenced;
  * a load sets REFERENCED; the writer takes the tail, and a referenced tail is cleared and moved
  * to the head once instead of being written out. Cost: 8 B of links + 1 bit per object.
@@ -53,10 +56,18 @@ export class ObjectTable {
   /** Objects in the LRU list (= objects IN_RAM). */
   lruCount = 0;
 
-  /** `onGrow(capacity)`: called when the id space grows, so the pool can size its handle column. */
-  constructor(pageSize: number, private readonly onGrow: (capacity: number) => void) {
+  /**
+   * `onGrow(capacity)`: called when the id space grows, so the pool can size its handle column.
+   * `tiered`: objects can leave RAM (a tier exists): keep tier locations and the LRU list.
+   */
+  constructor(pageSize: number, private readonly onGrow: (capacity: number) => void, readonly tiered = true) {
     // Lengths up to pageSize: u16 holds them for pages up to 32 KiB; 64 KiB pages need u32.
     this.lens = pageSize <= 32768 ? growable(Uint16Array) : growable(Uint32Array);
+    if (!tiered) {
+      // RAM only: nothing is ever chosen for writeback, so the list is just a count.
+      this.lruPushHead = (): void => { this.lruCount++; };
+      this.lruRemove = (): void => { this.lruCount--; };
+    }
   }
 
   /** Starts keeping each object's owner area (per-area quotas). Call before any object exists. */
@@ -82,10 +93,12 @@ export class ObjectTable {
         const cap = this.refs.length;
         this.lens = grow(this.lens, cap);
         this.flags = grow(this.flags, cap);
-        this.w0 = grow(this.w0, cap);
-        this.w1 = grow(this.w1, cap);
-        this.prev = grow(this.prev, cap);
-        this.next = grow(this.next, cap);
+        if (this.tiered) {
+          this.w0 = grow(this.w0, cap);
+          this.w1 = grow(this.w1, cap);
+          this.prev = grow(this.prev, cap);
+          this.next = grow(this.next, cap);
+        }
         if (this.owner !== null) this.owner = grow(this.owner, cap);
         this.keys.ensure(cap);
         this.onGrow(cap);
@@ -135,6 +148,14 @@ export class ObjectTable {
 
   /** Inserts `id` at the head (most recent). It must not be in the list. */
   lruPushHead(id: number): void {
+    this.pushHead(id);
+  }
+
+  lruRemove(id: number): void {
+    this.unlink(id);
+  }
+
+  private pushHead(id: number): void {
     this.prev[id] = NIL;
     this.next[id] = this.lruHead;
     if (this.lruHead !== NIL) this.prev[this.lruHead] = id; else this.lruTail = id;
@@ -142,7 +163,7 @@ export class ObjectTable {
     this.lruCount++;
   }
 
-  lruRemove(id: number): void {
+  private unlink(id: number): void {
     const p = this.prev[id]!, n = this.next[id]!;
     if (p !== NIL) this.next[p] = n; else this.lruHead = n;
     if (n !== NIL) this.prev[n] = p; else this.lruTail = p;
@@ -170,6 +191,7 @@ export class ObjectTable {
 
   /** White-box check of the LRU list: it holds exactly the IN_RAM objects, linked both ways. */
   checkLru(): void {
+    if (!this.tiered) return; // a count only (checked against IN_RAM objects by the store)
     let n = 0;
     let p = NIL;
     for (let id = this.lruHead; id !== NIL; id = this.next[id]!) {

@@ -103,10 +103,11 @@ export const SLOT_METADATA_BYTES = 4;
  * Metadata per stored object, for projections (zdedup analyze): refs 1 + length 2 + fingerprint
  * 8 + pool handle 4 = 15, plus the fingerprint index cell (4 B at load 0.64..0.8), zspage and
  * arena bookkeeping and the columns' growth step: 23 measured by `npm run bench` on its real-process
- * image (see bench/results/page-store-*.md). The tiering columns add 17 B per object (flags 1,
- * tier location 8, LRU links 8): 40 in all.
+ * image (see bench/results/page-store-*.md), + 1 for the flags byte = 24 for a RAM-only store.
+ * A store with a tier adds 16 B per object (tier location 8, LRU links 8): TIERED_OBJECT_METADATA_BYTES.
  */
-export const OBJECT_METADATA_BYTES = 40;
+export const OBJECT_METADATA_BYTES = 24;
+export const TIERED_OBJECT_METADATA_BYTES = 40;
 
 const SAME = 0x80000000;
 const MAX_AREA_PAGES = 2 ** 31;
@@ -251,7 +252,7 @@ export class PageStore {
     this.fp = new Fingerprinter(opts.fingerprint ?? xxh3Fingerprint());
     this.pool = new ZsPool(ps, opts.maxPoolBytes ?? 0, opts.arenaBytes !== undefined ? Math.floor(opts.arenaBytes / ps) : undefined);
     this.acceptBytes = Math.floor((this.pool.maxBytes * accept) / 100);
-    this.objects = new ObjectTable(ps, (cap) => this.pool.ensureIds(cap));
+    this.objects = new ObjectTable(ps, (cap) => this.pool.ensureIds(cap), opts.tier !== undefined || opts.backing !== undefined);
     this.keys = this.objects.keys;
     this.scratch = Buffer.alloc(ps * 2);
     this.tierScratch = Buffer.alloc(ps);
