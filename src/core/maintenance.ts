@@ -36,6 +36,8 @@ const EVICT_STEP_BYTES = 256 << 10;
  * near 1 ms (plus the pool's O(ids) scan, ~4 ms per million objects).
  */
 const COMPACT_STEP_OBJECTS = 2048;
+/** Steps longer than this are logged (debug): they delay requests waiting behind them. */
+const SLOW_STEP_MS = 2;
 /** How often the background timer looks for work. */
 const TICK_MS = 1000;
 /** A writer that found the tier busy waits at most this long before looking again. */
@@ -129,15 +131,29 @@ export class Maintenance {
 
   /** One bounded piece of work; returns true when it did something (call again). */
   async step(): Promise<boolean> {
+    const t0 = performance.now();
+    this.stepKind = 'idle';
+    const did = await this.stepInner();
+    const ms = performance.now() - t0;
+    if (ms > SLOW_STEP_MS) this.events('debug', 'slow maintenance step', { kind: this.stepKind, ms: Math.round(ms * 10) / 10 });
+    return did;
+  }
+
+  /** What the current step did (for the slow-step log). */
+  private stepKind = 'idle';
+
+  private async stepInner(): Promise<boolean> {
     const s = this.store;
     const tier = this.tier;
     try {
       // 1. Writeback.
       if (tier !== null && s.poolOverTarget()) {
         if (s.poolObjectBytes() <= s.poolTargetBytes() * 0.95) {
+          this.stepKind = 'writeback-compact';
           const r = s.compact(COMPACT_STEP_OBJECTS);
           if (r.moved_objects > 0 || r.freed_arenas > 0 || r.moved_zspages > 0) return true;
         }
+        this.stepKind = 'writeback';
         const r = s.evictOldest(EVICT_STEP_BYTES);
         if (r === 'done') { this.recovered(); return true; }
         if (r === 'busy') {
@@ -157,6 +173,7 @@ export class Maintenance {
       // 2. Cleaning.
       if (tier !== null && tier.needsCleaning() && await this.cleanOne()) return true;
       // 3. Compaction.
+      this.stepKind = 'compact';
       const c = s.maybeCompact(undefined, undefined, COMPACT_STEP_OBJECTS);
       if (c !== null && (c.moved_objects > 0 || c.moved_zspages > 0 || c.freed_arenas > 0)) {
         this.events('info', 'compacted', { ...c, pool_total_size: s.stats().pool_total_size });
@@ -171,6 +188,7 @@ export class Maintenance {
 
   private async cleanOne(): Promise<boolean> {
     const tier = this.tier!;
+    this.stepKind = 'clean';
     const [seg] = tier.cleaningCandidates(costBenefit, 1);
     if (seg === undefined) return false;
     const r = await tier.clean(seg, this.store.cleaningOwner);
