@@ -38,7 +38,7 @@
  * Validation happens once at the public methods; private helpers trust their arguments.
  */
 import { ZsPool, type CompactResult } from '../engine/alloc/zspool.js';
-import { grow } from '../engine/alloc/typed.js';
+import { grow, growable } from '../engine/alloc/typed.js';
 import { parseCodec, type Codec } from '../engine/codec/codec.js';
 import { fillWord, isSameFilled, wordHi, wordLo } from '../engine/codec/same-filled.js';
 import { Fingerprinter, type FingerprintFn, xxh3Fingerprint } from '../engine/dedup/fingerprint.js';
@@ -127,7 +127,7 @@ const L_HIT = 0, L_MISS = 1, L_NEED_READ = 2;
 /** Same-filled words: a tiny refcounted table; word 0 is the zero word and is never freed. */
 class WordTable {
   readonly keys = new KeyColumns();
-  private refs = new Uint32Array(0);
+  private refs = growable(Uint32Array); // grows in place, like the other columns: no copy pause with many words
   private readonly index: FingerprintIndex;
   private freeIds: number[] = [];
   private high = 1;
