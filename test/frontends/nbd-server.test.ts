@@ -13,7 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import { PageStore } from '../../src/core/page-store.js';
 import { Logger } from '../../src/frontends/log.js';
 import { NbdServer } from '../../src/frontends/nbd/server.js';
-import { RawClient } from '../integration/nbd/raw-client.js';
+import { RawClient, u32 } from '../integration/nbd/raw-client.js';
 
 const PS = 4096;
 
@@ -100,6 +100,26 @@ describe('NBD server in-process', () => {
     c.request(1, 0, 3n, 0n, PS, Buffer.alloc(PS, 0x61).fill(0x62, 100));
     assert.equal((await c.simpleReply())?.error, 0, 'writes succeed again after TRIM freed the pool');
     c.destroy();
+  });
+
+  test('an EXPORT_NAME too long to buffer is a protocol error like any unknown name, logged with its own reason (found by the fuzzer)', async () => {
+    for (const refusedBefore of [false, true]) {
+      const pe = server.counters.protocol_errors;
+      const aborted = server.counters.handshake_aborted;
+      const c = await RawClient.connect(path);
+      await c.greeting();
+      c.write(u32(3));
+      if (refusedBefore) {
+        c.sendOption(11); // EXTENDED_HEADERS: ERR_UNSUP, and the refusal is remembered for the log
+        assert.equal((await c.optionReply())?.type, 0x80000001);
+      }
+      c.sendOption(1, Buffer.alloc(64 * 1024 + 1, 0x61)); // skipped without buffering
+      assert.equal(await c.read(1), null, 'the server closes without a reply (EXPORT_NAME has no error reply)');
+      assert.equal(server.counters.protocol_errors - pe, 1, `counted as a protocol error (refused option before: ${refusedBefore})`);
+      assert.equal(server.counters.handshake_aborted - aborted, 0, 'not as a client that aborted');
+      const why = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === 'protocol error, disconnecting').at(-1)?.why;
+      assert.match(String(why), /EXPORT_NAME/, 'the reason logged is this option\'s, not the previous refusal\'s');
+    }
   });
 
   test('TCP listener on 127.0.0.1', async () => {

@@ -101,7 +101,13 @@ export class Negotiator {
 
   /** Reply to an option that was too large to buffer (its data was skipped). */
   tooBig(opt: number): OptionOutcome {
-    if (opt === OPT.EXPORT_NAME) return 'close';
+    // As in handle(): a refusal left by an earlier option must not be taken for this one's.
+    this.lastRefusal = null;
+    if (opt === OPT.EXPORT_NAME) {
+      // No export has a name that long: the same protocol error as any unknown name.
+      this.lastRefusal = { opt, reply: 0, why: 'EXPORT_NAME longer than any export name (disconnect)' };
+      return 'close';
+    }
     return this.refuse(opt, REP.ERR_TOO_BIG, 'option data too large');
   }
 
