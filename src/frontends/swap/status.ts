@@ -40,11 +40,15 @@ export function readProcSwaps(text?: string): ProcSwap[] {
   return out;
 }
 
-/** The store figures `status` shows, in this order, when the server reports them. */
+/**
+ * The store figures `status` shows, in this order, when the server reports them. The names are the
+ * store's counters exactly as /stats has them (PageStoreStats): a name /stats does not have is never
+ * shown, silently (a test checks every one against a real store).
+ */
 export const SHOWN_STATS = [
   'stored_pages', 'zero_pages', 'same_filled_pages', 'duplicate_pages', 'unique_objects',
   'pool_total_size', 'logical_bytes', 'compressed_bytes', 'metadata_bytes',
-  'compression_ratio', 'dedup_ratio', 'effective_ratio', 'reject_pool_limit', 'reject_alloc_fail',
+  'compression_ratio', 'dedup_ratio', 'effective_ratio', 'pool_limit_hit', 'reject_reclaim_fail', 'reject_alloc_fail',
 ] as const;
 
 /** Normalises "ADDR:PORT", ":PORT", "PORT" or a full URL to the /stats URL. */
