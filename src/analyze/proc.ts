@@ -200,7 +200,10 @@ export function scanProcess(an: Analyzer, pid: number, o: ProcessScanOptions): P
   } catch (e) {
     if (pmFd >= 0) closeSync(pmFd);
     res.status = 'error';
-    res.error = errorOf(e, `/proc/${pid}`);
+    const code = (e as NodeJS.ErrnoException)?.code;
+    // Gone before the scan began (or never there): say so plainly; "vanished" is for a process
+    // that exits while it is being scanned.
+    res.error = code === 'ENOENT' || code === 'ESRCH' ? { code: 'ESRCH', message: `pid ${pid}: no such process` } : errorOf(e, `/proc/${pid}`);
     return res;
   }
   try {

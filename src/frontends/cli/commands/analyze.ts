@@ -5,7 +5,9 @@
  * Definitions and JSON fields: docs/ANALYZE.md.
  *
  * Exit codes: 0 when at least one source was analysed (sources that failed are listed in the
- * report and do not fail the run), 1 when every source failed, 2 on invalid options.
+ * report and do not fail the run), 1 when every source failed, 2 on invalid options. When every
+ * source failed there is no report (it would be all zeroes, which reads like a result): each
+ * source's error is one line on stderr, "zdedup: CODE: message", as for any other error.
  */
 import type { Command } from 'commander';
 import { writeFileSync } from 'node:fs';
@@ -59,9 +61,13 @@ export function registerAnalyze(program: Command, ctx: Ctx): void {
         pageSize: parseSize(opts.pageSize), codecs, indexBytes: parseSize(opts.indexMemory),
         perMapping: opts.mappings, topContents: top, progress: opts.progress && !opts.json,
       });
+      if (report.sources.length > 0 && report.sources.every((s) => s.status === 'error')) {
+        for (const s of report.sources) process.stderr.write(`zdedup: ${s.error?.code ?? 'EIO'}: ${s.error?.message ?? `${s.name}: failed`}\n`);
+        ctx.exitCode = 1;
+        return;
+      }
       if (opts.html) writeFileSync(opts.html, renderHtml(report));
       if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else process.stdout.write(renderText(report));
-      if (report.sources.length > 0 && report.sources.every((s) => s.status === 'error')) ctx.exitCode = 1;
     });
 }
