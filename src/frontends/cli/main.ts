@@ -1,7 +1,9 @@
 /**
  * zdedup command line. Each subcommand lives in commands/<name>.ts and registers itself here;
  * main() returns the process exit code. Errors with a stable `code` (ZdedupError) are printed
- * as one line "zdedup: CODE: message" and exit 2; anything else is a bug and prints a stack.
+ * as one line "zdedup: CODE: message" and exit 2; so are commander's usage errors (unknown option
+ * or command, missing or excess argument), as ERR_INVALID_ARGUMENT, instead of commander's own
+ * "error: ..." lines. Anything else is a bug and prints a stack.
  */
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
@@ -35,7 +37,10 @@ export function buildProgram(ctx: Ctx): Command {
     )
     .version(version(), '-V, --version')
     .exitOverride()
-    .showHelpAfterError('(run with --help for usage)');
+    // Usage errors are printed by main() in the one-line form; help and version still print here.
+    // Both settings are inherited by the subcommands registered below.
+    .configureOutput({ outputError: () => {} })
+    .allowExcessArguments(false);
   registerServe(program, ctx);
   registerStats(program, ctx);
   registerSwap(program, ctx);
@@ -52,7 +57,10 @@ export async function main(argv: string[]): Promise<number> {
     return ctx.exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
-      return e.exitCode === 0 ? 0 : 2; // help/version exit 0; usage errors exit 2
+      if (e.exitCode === 0) return 0; // --help, --version
+      // 'commander.help': help printed because no command was given; anything else is a usage error.
+      if (e.code !== 'commander.help') process.stderr.write(`zdedup: ERR_INVALID_ARGUMENT: ${usageMessage(e.message)} (run with --help for usage)\n`);
+      return 2;
     }
     if (e instanceof ZdedupError) {
       process.stderr.write(`zdedup: ${e.code}: ${e.message}\n`);
@@ -61,4 +69,9 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`zdedup: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
     return 1;
   }
+}
+
+/** Commander's message without its "error: " prefix (it is a sentence of its own otherwise). */
+function usageMessage(m: string): string {
+  return m.replace(/^error: /, '').replace(/\s+/g, ' ').trim();
 }
