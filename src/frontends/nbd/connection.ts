@@ -638,7 +638,7 @@ export class NbdConnection implements BudgetHolder {
           if (this.writesInFlight !== 0) throw new Error(`FLUSH parsed with ${this.writesInFlight} write(s) in flight`);
           this.replyOk();
           break;
-        case CMD.CACHE:  // the whole export is in memory already
+        case CMD.CACHE:  // a hint; pages in the disk tier are not prefetched (a later READ reads them)
           this.replyOk();
           break;
         case CMD.TRIM:
