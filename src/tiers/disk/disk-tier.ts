@@ -239,7 +239,12 @@ export class DiskTier implements Tier {
   /** Seals the open segment (if any) and opens a new one in a free buffer. */
   private openSegment(cleaner: boolean): AppendResult {
     // Check for room before sealing, so a refused append leaves the open segment as it was.
-    if (this.bufFree.length === 0) return 'busy';
+    if (this.bufFree.length === 0) {
+      // The open segment cannot take this record, and no buffer is free for a new one: write it
+      // now, so its buffer comes back (else a cleaner rescue waiting for room could wait forever).
+      if (this.cur >= 0 && this.curRecords > 0) this.seal();
+      return 'busy';
+    }
     if (this.freeCount <= (cleaner ? 0 : this.reserve)) {
       if (cleaner || !this.reclaimable()) return 'full';
       // The open segment is full anyway: sealing it now makes its garbage cleanable too.
