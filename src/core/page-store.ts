@@ -46,7 +46,7 @@ import { FingerprintIndex, KeyColumns } from '../engine/dedup/index.js';
 import { ZdedupError, checkUint } from '../errors.js';
 import { DiskTier, type DiskTierOptions } from '../tiers/disk/disk-tier.js';
 import { CODEC_LZ4, CODEC_RAW, CODEC_ZSTD } from '../tiers/disk/format.js';
-import type { CleaningOwner, Liveness, Tier } from '../tiers/tier.js';
+import type { AppendResult, CleaningOwner, Liveness, Tier } from '../tiers/tier.js';
 import { Maintenance, type MaintenanceEvents } from './maintenance.js';
 import { IN_RAM, IN_TIER, REFERENCED, ObjectTable, type ObjectId } from './objects.js';
 import type { PageStoreStats } from './stats.js';
@@ -1158,7 +1158,6 @@ export class PageStore {
    */
   evictOldest(budgetBytes: number): 'done' | 'empty' | 'busy' | 'full' | 'failed' {
     const o = this.objects;
-    const tier = this.tier!;
     let freed = 0;
     // Bounded work per call: second chances count too, so a list of referenced objects is
     // turned over a few thousand entries per call, never all at once.
@@ -1174,23 +1173,36 @@ export class PageStore {
         o.lruPushHead(id);
         continue;
       }
-      const len = o.lens[id]!;
-      if ((f & IN_TIER) === 0) {
-        this.pool.locate(id);
-        const r = tier.append(id, o.keys.lo[id]!, o.keys.hi[id]!, len === this.pageSize ? CODEC_RAW : this.codecId, this.pool.locBuf, this.pool.locOff, len);
-        if (r !== 'ok') return r;
-        o.w0[id] = tier.lastW0;
-        o.w1[id] = tier.lastW1;
-        o.flags[id] = f | IN_TIER;
-        this.tierObjects++;
-        this.c.written_back_pages++;
-      } else {
-        this.c.evicted_clean_pages++;
-      }
-      this.dropRam(id, len);
-      freed += len;
+      const r = this.moveOut(id);
+      if (r !== 'ok') return r;
+      freed += o.lens[id]!;
     }
     return 'done';
+  }
+
+  /**
+   * Takes RAM object `id` out of RAM: appended to the tier first unless the tier already holds it
+   * (then the drop costs no write). Nothing changes unless 'ok'.
+   */
+  private moveOut(id: number): AppendResult {
+    const o = this.objects;
+    const tier = this.tier!;
+    const f = o.flags[id]!;
+    const len = o.lens[id]!;
+    if ((f & IN_TIER) === 0) {
+      this.pool.locate(id);
+      const r = tier.append(id, o.keys.lo[id]!, o.keys.hi[id]!, len === this.pageSize ? CODEC_RAW : this.codecId, this.pool.locBuf, this.pool.locOff, len);
+      if (r !== 'ok') return r;
+      o.w0[id] = tier.lastW0;
+      o.w1[id] = tier.lastW1;
+      o.flags[id] = f | IN_TIER;
+      this.tierObjects++;
+      this.c.written_back_pages++;
+    } else {
+      this.c.evicted_clean_pages++;
+    }
+    this.dropRam(id, len);
+    return 'ok';
   }
 
   /**
@@ -1201,27 +1213,13 @@ export class PageStore {
   private evictArea(area: number, need: number): number {
     const o = this.objects;
     const owner = o.owner!;
-    const tier = this.tier!;
     let freed = 0;
     let id = o.lruOldest();
     for (let seen = 0; id >= 0 && freed < need && seen < QUOTA_SCAN; seen++) {
       const newer = o.lruNewer(id);
       if (owner[id] === area) {
-        const f = o.flags[id]!;
-        const len = o.lens[id]!;
-        if ((f & IN_TIER) === 0) {
-          this.pool.locate(id);
-          if (tier.append(id, o.keys.lo[id]!, o.keys.hi[id]!, len === this.pageSize ? CODEC_RAW : this.codecId, this.pool.locBuf, this.pool.locOff, len) !== 'ok') break;
-          o.w0[id] = tier.lastW0;
-          o.w1[id] = tier.lastW1;
-          o.flags[id] = f | IN_TIER;
-          this.tierObjects++;
-          this.c.written_back_pages++;
-        } else {
-          this.c.evicted_clean_pages++;
-        }
-        this.dropRam(id, len);
-        freed += len;
+        if (this.moveOut(id) !== 'ok') break;
+        freed += o.lens[id]!;
       }
       id = newer;
     }

@@ -566,22 +566,7 @@ export class DiskTier implements Tier {
       this.unpin(s);
     }
     if (this.segState[s] !== SEALED) { r.outcome = 'gone'; return r; } // freed while we read it
-    const rv = this.rv;
-    for (let at = SEG_HEADER_SIZE; at < used; at += recordSpan(rv.len)) {
-      if (!readRecordHeader(b, at, used, rv)) return this.damaged(s, r, `record header at ${at}`);
-      const what = owner.liveness(rv.id, s, at);
-      if (what === 'dead') continue;
-      const span = recordSpan(rv.len);
-      if (what === 'move') {
-        // Verbatim, checksums included: a payload that rotted on disk stays detectably bad.
-        if (this.appendCopy(b, at, span) !== 'ok') { r.outcome = 'busy'; return r; }
-        owner.relocated(rv.id, this.lastW0, this.lastW1);
-        r.moved_records++;
-        r.moved_bytes += span;
-      }
-      this.segLive[s]! -= span;
-      this.c.disk_live_bytes -= span;
-    }
+    if (!this.moveLive(b, s, used, owner, r, 'on disk')) return r;
     if (this.segLive[s] !== 0) {
       this.events('error', 'cleaner: live bytes left after a full walk (accounting bug); segment kept', { segment: s, live: this.segLive[s] });
       r.outcome = 'damaged';
@@ -599,26 +584,33 @@ export class DiskTier implements Tier {
    * does not keep the tier failing. Synchronous: the buffer is in RAM.
    */
   private rescue(s: number, owner: CleaningOwner, r: CleanResult): CleanResult {
-    const b = this.bufs[this.segBuf[s]!]!;
-    const used = this.segUsed[s]!;
+    if (!this.moveLive(this.bufs[this.segBuf[s]!]!, s, this.segUsed[s]!, owner, r, 'in RAM')) return r;
+    if (this.segLive[s] === 0 && this.segState[s] === STRANDED) this.dropStranded(s);
+    return r;
+  }
+
+  /**
+   * Walks the records of segment s (its image b[0, used)), asks the owner about each, copies live
+   * ones forward verbatim (checksums included: a payload that rotted on disk stays detectably bad)
+   * and takes them off s's live bytes. False when it stopped: r.outcome says why (busy, damaged).
+   */
+  private moveLive(b: Uint8Array, s: number, used: number, owner: CleaningOwner, r: CleanResult, where: string): boolean {
     const rv = this.rv;
-    for (let at = SEG_HEADER_SIZE; at < used; at += recordSpan(rv.len)) {
-      if (!readRecordHeader(b, at, used, rv)) return this.damaged(s, r, `record header at ${at} in RAM`);
+    for (let at = SEG_HEADER_SIZE; at < used && this.segLive[s] !== 0; at += recordSpan(rv.len)) {
+      if (!readRecordHeader(b, at, used, rv)) { this.damaged(s, r, `record header at ${at} ${where}`); return false; }
       const what = owner.liveness(rv.id, s, at);
       if (what === 'dead') continue;
       const span = recordSpan(rv.len);
       if (what === 'move') {
-        if (this.appendCopy(b, at, span) !== 'ok') { r.outcome = 'busy'; return r; }
+        if (this.appendCopy(b, at, span) !== 'ok') { r.outcome = 'busy'; return false; }
         owner.relocated(rv.id, this.lastW0, this.lastW1);
         r.moved_records++;
         r.moved_bytes += span;
       }
       this.segLive[s]! -= span;
       this.c.disk_live_bytes -= span;
-      if (this.segLive[s] === 0) break; // dropStranded below; the rest are dead
     }
-    if (this.segLive[s] === 0 && this.segState[s] === STRANDED) this.dropStranded(s);
-    return r;
+    return true;
   }
 
   private damaged(s: number, r: CleanResult, why: string): CleanResult {
