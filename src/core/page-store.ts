@@ -46,7 +46,7 @@ import { FingerprintIndex, KeyColumns } from '../engine/dedup/index.js';
 import { ZdedupError, checkUint } from '../errors.js';
 import { DiskTier, type DiskTierOptions } from '../tiers/disk/disk-tier.js';
 import { CODEC_LZ4, CODEC_RAW, CODEC_ZSTD } from '../tiers/disk/format.js';
-import type { AppendResult, CleaningOwner, Liveness, Tier } from '../tiers/tier.js';
+import { NO_TIER_STATS, type AppendResult, type CleaningOwner, type Liveness, type Tier } from '../tiers/tier.js';
 import { Maintenance, type MaintenanceEvents } from './maintenance.js';
 import { IN_RAM, IN_TIER, REFERENCED, ObjectTable, type ObjectId } from './objects.js';
 import type { PageStoreStats } from './stats.js';
@@ -599,7 +599,7 @@ export class PageStore {
     const pool = this.pool.totalSize();
     const meta = this.metadataBytes();
     const dedupSlots = c.stored_pages - c.same_filled_pages;
-    const t = this.tier?.stats();
+    const t = this.tier?.stats() ?? NO_TIER_STATS;
     return {
       page_size: P,
       stored_pages: c.stored_pages,
@@ -632,19 +632,7 @@ export class PageStore {
       store_waits: c.store_waits,
       quota_limit_hit: c.quota_limit_hit,
       disk_objects: this.tierObjects,
-      backing_size: t?.backing_size ?? 0,
-      disk_bytes: t?.disk_bytes ?? 0,
-      disk_live_bytes: t?.disk_live_bytes ?? 0,
-      disk_segments: t?.disk_segments ?? 0,
-      disk_free_segments: t?.disk_free_segments ?? 0,
-      disk_bytes_written: t?.disk_bytes_written ?? 0,
-      disk_record_bytes_appended: t?.disk_record_bytes_appended ?? 0,
-      disk_cleaner_bytes_moved: t?.disk_cleaner_bytes_moved ?? 0,
-      disk_reads: t?.disk_reads ?? 0,
-      write_amplification: t?.write_amplification ?? 1,
-      cleaned_segments: t?.cleaned_segments ?? 0,
-      disk_write_errors: t?.disk_write_errors ?? 0,
-      disk_read_errors: t?.disk_read_errors ?? 0,
+      ...t,
       store_calls: c.store_calls,
       load_calls: c.load_calls,
       load_hits: c.load_hits,

@@ -4,7 +4,10 @@
  * debugfs where they apply.
  */
 
-export interface PageStoreStats {
+import type { TierStats } from '../tiers/tier.js';
+
+/** The tier's fields (backing_size, disk_*, write_amplification, cleaned_segments) come from TierStats. */
+export interface PageStoreStats extends TierStats {
   page_size: number;
   /** Live slots holding a page (same-filled included). zswap: stored_pages. */
   stored_pages: number;
@@ -65,30 +68,6 @@ export interface PageStoreStats {
   quota_limit_hit: number;
   /** Live objects with a copy in the tier. */
   disk_objects: number;
-  /** Size of the backing file or device (0 without a disk tier). */
-  backing_size: number;
-  /** Bytes of the backing occupied by segments in use (sealed or being filled), and the live part. */
-  disk_bytes: number;
-  disk_live_bytes: number;
-  /** Segments in use, and free. */
-  disk_segments: number;
-  disk_free_segments: number;
-  /** Bytes written to the backing (segments, aligned). */
-  disk_bytes_written: number;
-  /** Bytes of records appended for new data (writeback, writethrough, bypass): write_amplification's denominator. */
-  disk_record_bytes_appended: number;
-  /** Bytes of live records the cleaner copied forward. */
-  disk_cleaner_bytes_moved: number;
-  /** Reads issued to the backing (loads, cold duplicate checks). */
-  disk_reads: number;
-  /** Bytes written to the backing per byte of new data in the segments written so far (cleaning, headers and padding make it > 1). */
-  write_amplification: number;
-  /** Segments freed by the cleaner. */
-  cleaned_segments: number;
-  /** Failed writes of segments (each is retried; appends are refused meanwhile). */
-  disk_write_errors: number;
-  /** Tier reads that failed: I/O error, bad checksum or wrong record (each is an EIO, never data). */
-  disk_read_errors: number;
   /** Calls of store / load, loads that hit and missed, pages invalidated. */
   store_calls: number;
   load_calls: number;

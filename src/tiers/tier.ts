@@ -44,26 +44,41 @@ export interface CleanResult {
   moved_bytes: number;
 }
 
-/** Counters and sizes of a tier, under the names /stats shows. */
+/** Counters and sizes of a tier, under the names /stats shows (PageStoreStats includes them). */
 export interface TierStats {
+  /** Size of the backing file or device (0 without a disk tier). */
   backing_size: number;
+  /** Bytes of the backing occupied by segments in use (sealed or being filled), and the live part. */
   disk_bytes: number;
   disk_live_bytes: number;
+  /** Segments in use, and free. */
   disk_segments: number;
   disk_free_segments: number;
+  /** Bytes written to the backing (segments, aligned). */
   disk_bytes_written: number;
-  /** Bytes of records appended for new data (writeback, writethrough, stores sent straight to the tier). */
+  /** Bytes of records appended for new data (writeback, writethrough, bypass): write_amplification's denominator. */
   disk_record_bytes_appended: number;
   /** Bytes of live records the cleaner copied forward. */
   disk_cleaner_bytes_moved: number;
-  /** Bytes written to the medium per byte of new data written (segments on the medium only: the
-   *  one still filling in RAM counts once it is written). Cleaning, headers, padding raise it. */
-  write_amplification: number;
-  cleaned_segments: number;
-  disk_write_errors: number;
-  disk_read_errors: number;
+  /** Reads issued to the backing (loads, cold duplicate checks). */
   disk_reads: number;
+  /** Bytes written to the backing per byte of new data in the segments written so far (the one
+   *  still filling in RAM counts once it is written); cleaning, headers and padding make it > 1. */
+  write_amplification: number;
+  /** Segments freed by the cleaner. */
+  cleaned_segments: number;
+  /** Failed writes of segments (each is retried; appends are refused meanwhile). */
+  disk_write_errors: number;
+  /** Tier reads that failed: I/O error, bad checksum or wrong record (each is an EIO, never data). */
+  disk_read_errors: number;
 }
+
+/** What stats() of a store without a tier reports for the tier fields. */
+export const NO_TIER_STATS: Readonly<TierStats> = {
+  backing_size: 0, disk_bytes: 0, disk_live_bytes: 0, disk_segments: 0, disk_free_segments: 0, disk_bytes_written: 0,
+  disk_record_bytes_appended: 0, disk_cleaner_bytes_moved: 0, disk_reads: 0, write_amplification: 1,
+  cleaned_segments: 0, disk_write_errors: 0, disk_read_errors: 0,
+};
 
 export interface Tier {
   readonly name: string;
