@@ -14,9 +14,9 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ROOT, haveGcc, isRoot, runAnalyze, startFixture, type Fixture } from './fixtures.js';
 import type { Report } from '../../src/analyze/report.js';
+import { chromiumMissing, launchChromium } from '../helpers/chromium.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const skip = existsSync(CHROMIUM) ? false : `needs Debian's chromium at ${CHROMIUM} (apt-get install chromium)`;
+const skip = chromiumMissing();
 
 function pageFile(path: string, P: number, zero: number, copies: number, distinct: Buffer[], random: number): void {
   const parts: Buffer[] = [];
@@ -27,7 +27,6 @@ function pageFile(path: string, P: number, zero: number, copies: number, distinc
 }
 
 test('HTML report renders its charts in Chromium and its numbers match the JSON', { skip, timeout: 120_000 }, async () => {
-  const { chromium } = await import('playwright-core');
   const dir = mkdtempSync(join(tmpdir(), 'zdedup-analyze-html-'));
   const P = 4096;
   const text = (i: number): Buffer => { const b = Buffer.alloc(P); b.write(`config entry ${i}; `.repeat(300), 'latin1'); return b; };
@@ -53,14 +52,8 @@ test('HTML report renders its charts in Chromium and its numbers match the JSON'
     await Promise.all(procs.map((f) => f.stop()));
   }
 
-  const profile = mkdtempSync(join(tmpdir(), 'zdedup-chromium-'));
-  const ctx = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1100, height: 900 },
-  });
+  const browser = await launchChromium({ width: 1100, height: 900 });
+  const ctx = browser.ctx;
   try {
     const page = await ctx.newPage();
     const requests: string[] = [];
@@ -114,7 +107,6 @@ test('HTML report renders its charts in Chromium and its numbers match the JSON'
     await page.screenshot({ path: shot, fullPage: true });
     if (process.env.ZDEDUP_UPDATE_SCREENSHOT === '1') copyFileSync(shot, join(ROOT, 'docs', 'analyze-report.png'));
   } finally {
-    await ctx.close();
-    rmSync(profile, { recursive: true, force: true });
+    await browser.close();
   }
 });

@@ -12,10 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { REPO, hasTool, httpGet, runOk, startServer } from './nbd/harness.js';
+import { chromiumMissing, launchChromium } from '../helpers/chromium.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const skip = !existsSync(CHROMIUM) ? `needs Debian's chromium at ${CHROMIUM} (apt-get install chromium)`
-  : !hasTool('nbdcopy') ? 'needs nbdcopy (apt-get install libnbd-bin)' : false;
+const skip = chromiumMissing() || (!hasTool('nbdcopy') ? 'needs nbdcopy (apt-get install libnbd-bin)' : false);
 
 const P = 4096;
 
@@ -33,17 +32,10 @@ function pageFile(path: string, o: { zero: number; same: number; text: number; c
 interface Doc { store: Record<string, number>; exports: { name: string; data_pages: number; zero_pages: number }[] }
 
 test('dashboard: loads clean in Chromium, draws its charts, follows NBD writes and matches /stats', { skip, timeout: 180_000 }, async () => {
-  const { chromium } = await import('playwright-core');
   const dir = mkdtempSync(join(tmpdir(), 'zdedup-dashboard-'));
   const server = await startServer(['--size', '64M', '--codec', 'lz4']);
-  const profile = mkdtempSync(join(tmpdir(), 'zdedup-chromium-'));
-  const ctx = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1400, height: 1000 },
-  });
+  const browser = await launchChromium({ width: 1400, height: 1000 });
+  const ctx = browser.ctx;
   try {
     const origin = `http://${server.http!}`;
     const page = await ctx.newPage();
@@ -122,9 +114,8 @@ test('dashboard: loads clean in Chromium, draws its charts, follows NBD writes a
     assert.deepEqual(foreign, [], 'nothing is fetched from anywhere but the server');
     assert.deepEqual(problems, [], 'no console errors or failed requests');
   } finally {
-    await ctx.close();
+    await browser.close();
     await server.stop();
-    rmSync(profile, { recursive: true, force: true });
     rmSync(dir, { recursive: true, force: true });
   }
 });
