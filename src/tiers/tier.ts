@@ -44,8 +44,39 @@ export interface CleanResult {
   moved_bytes: number;
 }
 
+/** The remote tier's counters (src/tiers/remote); zero for a store without one. */
+export interface RemoteStats {
+  /** Objects of this host located in the remote tier (acknowledged or still in a write buffer), and their stored bytes. */
+  remote_objects: number;
+  remote_bytes: number;
+  /** Values uploaded to the cluster (the content was not there yet). */
+  remote_stores: number;
+  /** Objects read back from the cluster. */
+  remote_loads: number;
+  /** Objects whose content the cluster already held (stored by another host of the domain, or earlier): upload skipped. */
+  remote_dedup_hits: number;
+  /** Failed cluster operations: unacknowledged or failed batches, unreachable or bad reads, lost keys. */
+  remote_errors: number;
+  /** Batches and reads tried again after a failure. */
+  remote_retries: number;
+  /** Objects whose key the cluster no longer had when read or renewed (each load of one is an EIO). */
+  remote_lost_objects: number;
+  /** Bytes of values and keys sent to / received from the cluster. */
+  remote_bytes_sent: number;
+  remote_bytes_received: number;
+  /** Latency of loads served by the cluster (remote hits), over the last 4096: median and 99th percentile, µs. */
+  remote_hit_latency_p50_us: number;
+  remote_hit_latency_p99_us: number;
+}
+
+export const NO_REMOTE_STATS: Readonly<RemoteStats> = {
+  remote_objects: 0, remote_bytes: 0, remote_stores: 0, remote_loads: 0, remote_dedup_hits: 0, remote_errors: 0,
+  remote_retries: 0, remote_lost_objects: 0, remote_bytes_sent: 0, remote_bytes_received: 0,
+  remote_hit_latency_p50_us: 0, remote_hit_latency_p99_us: 0,
+};
+
 /** Counters and sizes of a tier, under the names /stats shows (PageStoreStats includes them). */
-export interface TierStats {
+export interface TierStats extends RemoteStats {
   /** Size of the backing file or device (0 without a disk tier). */
   backing_size: number;
   /** Bytes of the backing occupied by segments in use (sealed or being filled), and the live part. */
@@ -77,7 +108,7 @@ export interface TierStats {
 export const NO_TIER_STATS: Readonly<TierStats> = {
   backing_size: 0, disk_bytes: 0, disk_live_bytes: 0, disk_segments: 0, disk_free_segments: 0, disk_bytes_written: 0,
   disk_record_bytes_appended: 0, disk_cleaner_bytes_moved: 0, disk_reads: 0, write_amplification: 1,
-  cleaned_segments: 0, disk_write_errors: 0, disk_read_errors: 0,
+  cleaned_segments: 0, disk_write_errors: 0, disk_read_errors: 0, ...NO_REMOTE_STATS,
 };
 
 export interface Tier {
@@ -109,7 +140,8 @@ export interface Tier {
    */
   read(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): Promise<void>;
 
-  /** read(), blocking the thread: for the library's synchronous load/store calls only. */
+  /** read(), blocking the thread: for the library's synchronous load/store calls only. A tier
+   *  that cannot read without the event loop (remote) throws ERR_DISK_READ: an EIO, never data. */
   readSync(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): void;
 
   /**

@@ -37,7 +37,7 @@
 import fs from 'node:fs';
 import { ZdedupError } from '../../errors.js';
 import { deviceOrFileSize } from '../../engine/device.js';
-import type { AppendResult, CleanResult, CleaningOwner, Tier, TierStats } from '../tier.js';
+import { NO_REMOTE_STATS, type AppendResult, type CleanResult, type CleaningOwner, type Tier, type TierStats } from '../tier.js';
 import { alignedBuffer, dropCached } from './aligned.js';
 import {
   ALIGN, FILE_HEADER_SIZE, FILE_MAGIC, REC_HEADER_SIZE, SEG_HEADER_SIZE, alignUp, checkPayload, checkSegHeader, encodeFileHeader,
@@ -649,6 +649,7 @@ export class DiskTier implements Tier {
       disk_write_errors: this.c.disk_write_errors,
       disk_read_errors: this.c.disk_read_errors,
       disk_reads: this.c.disk_reads,
+      ...NO_REMOTE_STATS,
     };
   }
 
