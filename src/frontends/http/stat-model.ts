@@ -27,6 +27,9 @@ export const STORE_COUNTERS: ReadonlySet<string> = new Set([
   // Counted events of the tiering work, named after the list above was written:
   'evicted_clean_pages', 'pool_bypass_pages', 'writethrough_pages', 'store_waits', 'disk_bytes_written',
   'disk_record_bytes_appended', 'disk_cleaner_bytes_moved', 'disk_reads', 'quota_limit_hit',
+  // The remote tier (src/tiers/remote):
+  'remote_stores', 'remote_loads', 'remote_dedup_hits', 'remote_errors', 'remote_retries', 'remote_lost_objects',
+  'remote_bytes_sent', 'remote_bytes_received',
 ]);
 
 /** One line per known stat: what it counts (Prometheus HELP, dashboard tooltips). */
@@ -85,6 +88,18 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   disk_cleaner_bytes_moved: 'Bytes of live records the cleaner copied forward',
   quota_limit_hit: 'Stores that found their export at its pool quota (--export NAME:SIZE:max-pool=SIZE)',
   disk_reads: 'Reads issued to the disk tier backing (loads and cold duplicate checks)',
+  remote_objects: 'Objects of this host located in the remote tier (acknowledged or still in a write buffer)',
+  remote_bytes: 'Stored bytes of the objects of this host located in the remote tier',
+  remote_stores: 'Values uploaded to the Redis Cluster (content not there yet)',
+  remote_loads: 'Loads served by the Redis Cluster (remote hits)',
+  remote_dedup_hits: 'Objects whose content the cluster already held (another host of the domain stored it): upload skipped',
+  remote_errors: 'Failed remote operations: unacknowledged batches (WAIT), unreachable or bad reads, lost keys',
+  remote_retries: 'Remote batches and reads tried again after a failure',
+  remote_lost_objects: 'Objects the cluster no longer had when read or renewed (their loads are EIO)',
+  remote_bytes_sent: 'Bytes of keys and values sent to the Redis Cluster',
+  remote_bytes_received: 'Bytes of values received from the Redis Cluster',
+  remote_hit_latency_p50_us: 'Median latency of remote hits over the last 4096, microseconds',
+  remote_hit_latency_p99_us: '99th percentile latency of remote hits over the last 4096, microseconds',
   write_amplification: 'Bytes written to the backing per byte of new data in written segments (cleaning, headers and alignment make it > 1)',
 };
 
@@ -119,13 +134,13 @@ export function isPlainName(name: string): boolean {
 /** Stats that count errors or refusals: the dashboard's error panel, the watch view's error line. */
 export const ERROR_STATS: readonly string[] = [
   'decompress_fail', 'verify_mismatch', 'reject_alloc_fail', 'pool_limit_hit', 'reject_reclaim_fail',
-  'disk_write_errors', 'disk_read_errors',
+  'disk_write_errors', 'disk_read_errors', 'remote_errors', 'remote_lost_objects',
 ];
 
 /** Stats that show background work moving data between or inside tiers. */
 export const ACTIVITY_STATS: readonly string[] = [
   'written_back_pages', 'promoted_pages', 'disk_loads', 'cleaned_segments', 'pages_compacted',
-  'evicted_clean_pages', 'pool_bypass_pages',
+  'evicted_clean_pages', 'pool_bypass_pages', 'remote_stores', 'remote_loads', 'remote_dedup_hits',
 ];
 
 /**
@@ -154,8 +169,11 @@ export function hasDiskTier(store: Record<string, unknown>): boolean {
 
 /** `names` without the disk tier's stats when there is no disk tier. */
 export function withoutAbsentTier(names: readonly string[], store: Record<string, unknown>): string[] {
-  if (hasDiskTier(store)) return [...names];
-  return names.filter((k) => !k.startsWith('disk_') && k !== 'cleaned_segments');
+  // the remote tier's names show once it has done anything (its counters are 0 without one)
+  const remote = ['remote_objects', 'remote_stores', 'remote_dedup_hits', 'remote_errors'].some((k) => typeof store[k] === 'number' && (store[k] as number) > 0);
+  const kept = remote ? names : names.filter((k) => !k.startsWith('remote_'));
+  if (hasDiskTier(store)) return [...kept];
+  return kept.filter((k) => !k.startsWith('disk_') && k !== 'cleaned_segments');
 }
 
 /** The memory stats present in a store snapshot, tier stats of later tiers included. */

@@ -33,6 +33,7 @@ import { isTlsMode, loadPsk, loadX509, type TlsCredentials, type TlsMode } from 
 import { parseSocketMode, resolveGroup } from '../../nbd/unix-socket.js';
 import { defaultSocketPath } from '../../paths.js';
 import { version, type Ctx } from '../main.js';
+import { REMOTE_ENV, REMOTE_HELP, addRemoteOptions, buildRemoteTier, resolveRemoteConfig, type RemoteConfig, type RemoteRaw } from '../remote-config.js';
 
 /** /run/zdedup/zdedup.sock as root; $XDG_RUNTIME_DIR/zdedup/zdedup.sock (or <tmp>/zdedup-<uid>/) otherwise. */
 export const DEFAULT_SOCKET = defaultSocketPath();
@@ -57,6 +58,8 @@ export interface ServeConfig {
   segmentSize: number | undefined;
   writethrough: boolean;
   backingOverwrite: boolean;
+  /** The remote tier (--remote …), or null. */
+  remote: RemoteConfig | null;
   /** Allow --http on a non-loopback address (read-only stats, no authentication), and NBD on one without required TLS. */
   insecure: boolean;
   logLevel: LogLevel;
@@ -72,7 +75,7 @@ export interface ServeConfig {
 }
 
 /** Raw settings from one source (flags, env or file), all optional. */
-interface RawSettings {
+interface RawSettings extends RemoteRaw {
   socket?: string;
   size?: string;
   codec?: string;
@@ -105,6 +108,7 @@ interface RawSettings {
 }
 
 const ENV: Record<keyof RawSettings, string> = {
+  ...REMOTE_ENV,
   socket: 'ZDEDUP_SOCKET',
   size: 'ZDEDUP_SIZE',
   codec: 'ZDEDUP_CODEC',
@@ -172,7 +176,7 @@ Stop with SIGTERM or Ctrl-C: requests already received are answered, then it exi
 `;
 
 export function registerServe(program: Command, ctx: Ctx): void {
-  program
+  const serve = program
     .command('serve')
     .summary('serve the page store over NBD (swap device, VM disk)')
     .description(
@@ -195,7 +199,8 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--backing-size <size>', 'size to create or resize the --backing file to (a new file needs it)')
     .option('--segment-size <size>', 'disk tier segment size, a multiple of 4K (default 4M)')
     .option('--backing-overwrite', 'use a --backing that holds other data (by default only zeroes or an earlier zdedup backing are taken)')
-    .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)')
+    .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)');
+  addRemoteOptions(serve)
     .option('--insecure', 'allow --http on a non-loopback address (stats and dashboard are read-only and unauthenticated), and NBD --listen on one without --tls=require')
     .option('--socket-mode <mode>', 'permission bits of the unix socket, octal (default 0600: owner only, whatever the umask)')
     .option('--socket-group <group>', 'group of the unix socket (name or gid); use with --socket-mode 0660')
@@ -210,7 +215,7 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--stdio', 'serve one NBD connection on stdin/stdout, then exit (logs stay on stderr)')
     .option('--config <file>', 'JSON file with the same settings (env ZDEDUP_CONFIG)')
     .option('--log-level <level>', 'error | warn | info | debug (default info)')
-    .addHelpText('after', HELP_AFTER)
+    .addHelpText('after', HELP_AFTER + REMOTE_HELP)
     .action(async (opts: RawSettings & { config?: string }) => {
       const cfg = resolveServeConfig(opts, process.env);
       ctx.exitCode = await runServe(cfg);
@@ -270,6 +275,7 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   if (backing !== null && maxPool === 0) {
     throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing needs --max-pool: the disk tier takes what does not fit in a bounded RAM pool');
   }
+  const remote = resolveRemoteConfig(pick, maxPool);
   const tlsArg = pick('tls');
   if (tlsArg !== undefined && !isTlsMode(tlsArg)) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--tls must be off, on or require, got "${tlsArg}"`);
   const tlsCertificates = pick('tlsCertificates') ?? null;
@@ -322,6 +328,7 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
     segmentSize: segmentSizeArg !== undefined ? parseSize(segmentSizeArg) : undefined,
     writethrough,
     backingOverwrite,
+    remote,
     insecure,
     logLevel,
     socketMode: socketModeArg !== undefined ? parseSocketMode(socketModeArg) : 0o600,
@@ -495,7 +502,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
   const store = new PageStore({
     pageSize: cfg.pageSize, codec: cfg.codec, sharedDedup: cfg.sharedDedup, maxPoolBytes: cfg.maxPool,
     acceptThresholdPercent: cfg.acceptThreshold, writethrough: cfg.writethrough,
-    backing: cfg.backing !== null ? { path: cfg.backing, size: cfg.backingSize, segmentSize: cfg.segmentSize, overwrite: cfg.backingOverwrite } : undefined,
+    ...tierOptions(cfg, (level, msg, fields) => log[level](msg, fields)),
     background: true, // writeback, cleaning and compaction (src/core/maintenance.ts)
     events: (level, msg, fields) => log[level](msg, fields),
   });
@@ -580,6 +587,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     page_size: cfg.pageSize, codec: cfg.codec, shared_dedup: cfg.sharedDedup, max_pool: cfg.maxPool,
     accept_threshold: cfg.acceptThreshold, backing: cfg.backing, backing_size: store.stats().backing_size,
     writethrough: cfg.writethrough, pid: process.pid,
+    ...(cfg.remote !== null ? { remote: cfg.remote.url, remote_domain: cfg.remote.domain, remote_placement: cfg.backing !== null ? cfg.remote.placement : null } : {}),
     max_connections: cfg.limits.maxConnections, handshake_timeout_ms: cfg.limits.handshakeTimeoutMs,
     idle_timeout_ms: cfg.limits.idleTimeoutMs, max_buffered: cfg.limits.maxBufferedBytes,
     ...(tls !== undefined ? { tls_credentials: tls.kind } : {}),
@@ -590,4 +598,11 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
   process.off('SIGHUP', onHup);
   process.off('SIGUSR1', onUsr1);
   return code;
+}
+
+/** The store's tier: --backing alone (built by the store), or --remote (with --backing: both, under the placement policy). */
+function tierOptions(cfg: ServeConfig, events: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void): Pick<ConstructorParameters<typeof PageStore>[0] & object, 'backing' | 'tier'> {
+  const backing = cfg.backing !== null ? { path: cfg.backing, size: cfg.backingSize, segmentSize: cfg.segmentSize, overwrite: cfg.backingOverwrite } : undefined;
+  if (cfg.remote === null) return { backing };
+  return { tier: buildRemoteTier(cfg.remote, { pageSize: cfg.pageSize, codec: cfg.codec, backing, events }) };
 }
