@@ -36,6 +36,14 @@ export function redisCli(port: number, ...args: string[]): string {
   return (r.stdout ?? '') + (r.stderr ?? '');
 }
 
+/** Runs many commands through one redis-cli (one line each on stdin); returns one reply line per command. */
+export function redisCliMany(port: number, commands: string[][]): string[] {
+  if (commands.length === 0) return [];
+  const input = commands.map((c) => c.join(' ')).join('\n') + '\n';
+  const r = spawnSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port)], { input, encoding: 'utf8', timeout: 30_000 });
+  return (r.stdout ?? '').split('\n').filter((l) => l !== '');
+}
+
 export interface ClusterOptions {
   /** cluster-node-timeout in ms (default 1000: failover within a few seconds). */
   nodeTimeoutMs?: number;

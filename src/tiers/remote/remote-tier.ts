@@ -79,6 +79,12 @@ const RENEW_CHUNK = 4096;
 /** Consecutive failed flush attempts before the tier reports itself down ('failed' appends). */
 const DOWN_AFTER = 2;
 const LATENCY_RING = 4096;
+/**
+ * Group commit: a buffer is sealed when full, or at the end of the tick in which objects were
+ * appended while fewer than this many batches are in flight; otherwise it keeps filling until a
+ * batch completes (the link is never idle, and a busy link gets large batches).
+ */
+const FLUSHES_IN_FLIGHT = 2;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => { setTimeout(r, ms).unref(); });
 
@@ -286,9 +292,9 @@ export class RemoteTier implements Tier {
     this.lastW1 = this.gen[s]!;
     this.c.remote_objects++;
     this.c.remote_bytes += len;
-    if (!this.flushScheduled) {
+    if (!this.flushScheduled && this.flushes.size < FLUSHES_IN_FLIGHT) {
       this.flushScheduled = true;
-      setImmediate(() => { this.flushScheduled = false; if (this.open >= 0) this.seal(this.open); });
+      setImmediate(() => { this.flushScheduled = false; if (this.open >= 0 && this.flushes.size < FLUSHES_IN_FLIGHT) this.seal(this.open); });
     }
     return 'ok';
   }
@@ -296,7 +302,10 @@ export class RemoteTier implements Tier {
   private seal(b: number): void {
     if (this.open === b) this.open = -1;
     this.bufBusy[b] = 2;
-    const p = this.flush(b).finally(() => this.flushes.delete(p));
+    const p = this.flush(b).finally(() => {
+      this.flushes.delete(p);
+      if (this.open >= 0 && this.bufCount[this.open]! > 0 && this.flushes.size < FLUSHES_IN_FLIGHT && !this.closed) this.seal(this.open);
+    });
     this.flushes.add(p);
   }
 
