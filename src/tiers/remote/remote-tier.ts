@@ -17,7 +17,6 @@
  *
  *   slot states: FREE -> PENDING (in a buffer) -> STORED (acknowledged) -> FREE on release
  *                PENDING -> DROPPED (released before acknowledged; freed when its batch ends)
- *                STORED -> LOST (the cluster no longer has the key: loads are EIO)
  *
  * Invariants:
  * - An object leaves its write buffer only after its node answered WAIT with >= waitReplicas:
@@ -70,7 +69,7 @@ export interface RemoteTierOptions {
 }
 
 /** Counters and latency of the remote tier (part of TierStats; /stats shows them). */
-const FREE = 0, PENDING = 1, STORED = 2, DROPPED = 3, LOST = 4;
+const FREE = 0, PENDING = 1, STORED = 2, DROPPED = 3;
 const BUF_BYTES = 1 << 20;
 /** A batch (one buffer) holds at most this many objects. */
 const BUF_OBJECTS = 4096;
@@ -508,29 +507,31 @@ export class RemoteTier implements Tier {
       dst.set(this.arena.subarray(this.bufAt[w0]!, this.bufAt[w0]! + len), dstOff);
       return;
     }
-    if (this.state[w0] === LOST) throw this.readError('remote object lost (its key expired or a failover lost it)');
     // Everything the read needs is captured now: the slot may be released meanwhile.
     const key = redisKey(this.prefix, this.keyW, w0 * 4);
     const k0 = this.keyW[w0 * 4]!, k1 = this.keyW[w0 * 4 + 1]!, k2 = this.keyW[w0 * 4 + 2]!, k3 = this.keyW[w0 * 4 + 3]!;
     const expectCodec = this.codecs[w0]!;
     const t0 = process.hrtime.bigint();
     const deadline = Date.now() + this.timeoutMs;
-    let v: Buffer | null;
+    let v: Buffer | null = null;
     for (let attempt = 0; ; attempt++) {
+      let why: string;
       try {
         v = await this.cluster.getBuffer(key);
-        break;
+        if (v !== null) break;
+        // Missing: lost, or asked of a node that has just restarted empty and still believes it
+        // serves the slot (it learns otherwise within a cluster-node-timeout). Ask again until the bound.
+        why = 'remote object missing (its key expired, or a failover lost it)';
       } catch (e) {
         this.noteError(e);
-        if (Date.now() + 50 > deadline || this.closed) { this.c.remote_errors++; throw this.readError(`remote object unreachable: ${e instanceof Error ? e.message : String(e)}`); }
-        this.c.remote_retries++;
-        await sleep(Math.min(25 * 2 ** attempt, 250));
+        why = `remote object unreachable: ${e instanceof Error ? e.message : String(e)}`;
       }
-    }
-    if (v === null) {
-      this.c.remote_lost_objects++;
-      if (this.gen[w0] === w1 && this.state[w0] === STORED) this.state[w0] = LOST;
-      throw this.readError('remote object lost (its key expired or a failover lost it)');
+      if (Date.now() + 50 > deadline || this.closed) {
+        if (v === null && why.startsWith('remote object missing')) this.c.remote_lost_objects++;
+        throw this.readError(why);
+      }
+      this.c.remote_retries++;
+      await sleep(Math.min(25 * 2 ** attempt, 250));
     }
     this.c.remote_bytes_received += v.length;
     const codec = checkValue(v, this.P);
@@ -581,13 +582,13 @@ export class RemoteTier implements Tier {
     if (w0 >= this.high || this.gen[w0] !== w1) return;
     const st = this.state[w0]!;
     if (st === PENDING) this.state[w0] = DROPPED; // freed when its batch ends
-    else if (st === STORED || st === LOST) this.freeSlot(w0);
+    else if (st === STORED) this.freeSlot(w0);
   }
 
   // ---------------------------------------------------------------------------------------------
   // Leases
 
-  /** Renews the lease of every object held here; a key found missing is LOST (counted). */
+  /** Renews the lease of every object held here; keys found missing are counted (remote_errors) and logged. */
   async renewAll(): Promise<void> {
     if (this.renewing || this.closed) return;
     this.renewing = true;
@@ -605,7 +606,7 @@ export class RemoteTier implements Tier {
   }
 
   private async renewChunk(slots: number[]): Promise<void> {
-    const gens = slots.map((s) => this.gen[s]!);
+    let missing = 0;
     await Promise.all([...this.groupByNode(slots).values()].map(async (g) => {
       try {
         const p = this.cluster.pipeline();
@@ -614,17 +615,18 @@ export class RemoteTier implements Tier {
         const r = await p.exec();
         for (let i = 0; i < g.length; i++) {
           const [err, res] = r![i]!;
-          const s = g[i]!;
-          if (err || res !== 0 || this.state[s] !== STORED || this.gen[s] !== gens[slots.indexOf(s)]) continue;
-          this.state[s] = LOST;
-          this.c.remote_lost_objects++;
+          if (err || res !== 0 || this.state[g[i]!] !== STORED) continue;
+          // Not there: lost, or a node that restarted empty answered before it learnt it no longer
+          // serves the slot. Counted; loads decide (they retry within their bound, then EIO).
           this.c.remote_errors++;
+          missing++;
         }
       } catch (e) {
         this.c.remote_errors++; // renewed next round: the lease has two more rounds of margin
         this.noteError(e);
       }
     }));
+    if (missing > 0) this.events('warn', 'remote tier: objects missing from the cluster at lease renewal', { missing });
   }
 
   // ---------------------------------------------------------------------------------------------
