@@ -8,7 +8,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PageStore, type AreaId } from '../../src/core/page-store.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { RemoteTier } from '../../src/tiers/remote/remote-tier.js';
+import { DiskTier } from '../../src/tiers/disk/disk-tier.js';
+import { PlacementTier } from '../../src/tiers/placement.js';
 import { ZdedupError } from '../../src/errors.js';
 import { fillRandom, makePage } from '../helpers/pages.js';
 import { RedisCluster, redisCli, redisCliMany, redisMissing } from '../helpers/redis-cluster.js';
@@ -171,6 +176,50 @@ describe('remote tier on a real Redis Cluster', { skip }, () => {
       assert.equal(objectKeys('gc'), 0, 'every object collected');
     } finally {
       await Promise.all([h1.store.close(), h2.store.close()]);
+    }
+  });
+
+  test('remote + disk (remote-first): the disk takes objects while the cluster is away, the cluster again after; all read back', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'zdedup-placement-'));
+    const remote = new RemoteTier({ url: cluster.url, domain: 'placement', secret: SECRET, pageSize: 4096, timeoutMs: 1000, inflightBytes: 2 << 20 });
+    const disk = new DiskTier({ path: join(dir, 'b.img'), size: 4096 + 16 * (1 << 20), segmentSize: 1 << 20, pageSize: 4096 });
+    const tier = new PlacementTier(remote, disk, 'remote-first');
+    const store = new PageStore({ arenaBytes: 64 << 10, maxPoolBytes: 64 << 10, background: false, tier });
+    try {
+      const a = store.createArea('a', 3000);
+      const pages: Buffer[] = [];
+      const put = async (i: number): Promise<void> => {
+        const p = makePage('random', 20_000 + i);
+        assert.equal(await store.storeAsync(a, i, p), 'stored', `page ${i} stored`);
+        pages[i] = p;
+      };
+      for (let i = 0; i < 200; i++) await put(i);
+      await store.settle();
+      await remote.drain();
+      const before = store.stats();
+      assert.equal(before.disk_record_bytes_appended, 0, 'the cluster took everything while up');
+      cluster.pauseAll();
+      try {
+        for (let i = 200; i < 1200; i++) await put(i); // beyond the 2 MiB in flight: the disk takes them
+      } finally {
+        cluster.resumeAll();
+      }
+      assert.ok(store.stats().disk_record_bytes_appended > 0, 'the disk took objects while the cluster was away');
+      await remote.drain();
+      const mid = store.stats().remote_stores;
+      for (let i = 1200; i < 1400; i++) await put(i);
+      await store.settle();
+      await remote.drain();
+      assert.ok(store.stats().remote_stores > mid, 'the cluster takes objects again');
+      const into = Buffer.alloc(4096);
+      for (let i = 0; i < 1400; i++) {
+        assert.equal(await store.loadAsync(a, i, into), 'hit');
+        assert.ok(into.equals(pages[i]!), `page ${i}`);
+      }
+      store.checkInvariants();
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
