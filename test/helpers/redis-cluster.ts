@@ -68,6 +68,8 @@ export class RedisCluster {
   }
 
   private async boot(opts: ClusterOptions): Promise<void> {
+    // However this process ends, its redis-servers end with it (by pid).
+    process.once('exit', () => { for (const proc of this.procs.values()) { proc.kill('SIGCONT'); proc.kill('SIGKILL'); } });
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdedup-redis-'));
     for (let attempt = 0; ; attempt++) {
       const base = 20000 + Math.floor(Math.random() * 20000);

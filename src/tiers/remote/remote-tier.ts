@@ -78,12 +78,6 @@ const RENEW_CHUNK = 4096;
 /** Consecutive failed flush attempts before the tier reports itself down ('failed' appends). */
 const DOWN_AFTER = 2;
 const LATENCY_RING = 4096;
-/**
- * Group commit: a buffer is sealed when full, or at the end of the tick in which objects were
- * appended while fewer than this many batches are in flight; otherwise it keeps filling until a
- * batch completes (the link is never idle, and a busy link gets large batches).
- */
-const FLUSHES_IN_FLIGHT = 2;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => { setTimeout(r, ms).unref(); });
 
@@ -141,7 +135,8 @@ export class RemoteTier implements Tier {
   private readonly bufTries: Uint16Array;
   private open = -1;
   private flushScheduled = false;
-  private readonly flushes = new Set<Promise<void>>();
+  private readonly sealed: number[] = [];         // buffers waiting for the flusher
+  private flushing: Promise<void> | null = null;  // the flusher's current run
   private waiters: (() => void)[] = [];
 
   private down = false;
@@ -291,9 +286,9 @@ export class RemoteTier implements Tier {
     this.lastW1 = this.gen[s]!;
     this.c.remote_objects++;
     this.c.remote_bytes += len;
-    if (!this.flushScheduled && this.flushes.size < FLUSHES_IN_FLIGHT) {
-      this.flushScheduled = true;
-      setImmediate(() => { this.flushScheduled = false; if (this.open >= 0 && this.flushes.size < FLUSHES_IN_FLIGHT) this.seal(this.open); });
+    if (!this.flushScheduled && this.flushing === null) {
+      this.flushScheduled = true; // the end of this tick seals the batch (while a round runs, it keeps filling)
+      setImmediate(() => { this.flushScheduled = false; if (this.open >= 0 && this.flushing === null) this.seal(this.open); });
     }
     return 'ok';
   }
@@ -301,47 +296,74 @@ export class RemoteTier implements Tier {
   private seal(b: number): void {
     if (this.open === b) this.open = -1;
     this.bufBusy[b] = 2;
-    const p = this.flush(b).finally(() => {
-      this.flushes.delete(p);
-      if (this.open >= 0 && this.bufCount[this.open]! > 0 && this.flushes.size < FLUSHES_IN_FLIGHT && !this.closed) this.seal(this.open);
-    });
-    this.flushes.add(p);
+    this.sealed.push(b);
+    this.kickFlusher();
   }
 
-  /** Writes buffer b's objects until every one is acknowledged (or released), then frees it. */
-  private async flush(b: number): Promise<void> {
-    const slots = this.bufSlots[b]!;
-    const n = this.bufCount[b]!;
+  private kickFlusher(): void {
+    if (this.flushing !== null || this.closed) return;
+    this.flushing = this.flushLoop().finally(() => {
+      this.flushing = null;
+      if (this.sealed.length > 0) this.kickFlusher();
+    });
+  }
+
+  /**
+   * One flusher: each round takes every sealed buffer, so one WAIT per node acknowledges all of
+   * them (a WAIT blocks its connection until the replica answers: many small rounds would queue
+   * behind each other's WAITs). What arrives during a round goes in the next one (group commit).
+   */
+  private async flushLoop(): Promise<void> {
+    while (this.sealed.length > 0 && !this.closed) {
+      await this.flush(this.sealed.splice(0));
+      if (this.open >= 0 && this.bufCount[this.open]! > 0) {
+        const b = this.open;
+        this.open = -1;
+        this.bufBusy[b] = 2;
+        this.sealed.push(b);
+      }
+    }
+  }
+
+  /** Writes the objects of buffers `bufs` until every one is acknowledged (or released), then frees the buffers. */
+  private async flush(bufs: number[]): Promise<void> {
     // Keys first (the HMAC needs the uncompressed page): once per object.
     const page = Buffer.allocUnsafe(this.P);
-    for (let i = 0; i < n; i++) {
-      const s = slots[i]!;
-      const at = this.bufAt[s]!;
-      const len = this.lens[s]!, codec = this.codecs[s]!;
-      const stored = this.arena.subarray(at, at + len);
-      // An object that does not decompress is corrupt already (the core's load would refuse it):
-      // it is keyed by its stored bytes, a key no real page has, so it is never shared.
-      if (codec !== 0 && this.decoder(codec).decompress(stored, len, page, this.P)) contentKey(this.kDomain, page, this.P, this.keyW, s * 4);
-      else contentKey(this.kDomain, stored, len, this.keyW, s * 4);
+    let todo: number[] = [];
+    for (const b of bufs) {
+      const slots = this.bufSlots[b]!;
+      for (let i = 0, n = this.bufCount[b]!; i < n; i++) {
+        const s = slots[i]!;
+        const at = this.bufAt[s]!;
+        const len = this.lens[s]!, codec = this.codecs[s]!;
+        const stored = this.arena.subarray(at, at + len);
+        // An object that does not decompress is corrupt already (the core's load would refuse it):
+        // it is keyed by its stored bytes, a key no real page has, so it is never shared.
+        if (codec !== 0 && this.decoder(codec).decompress(stored, len, page, this.P)) contentKey(this.kDomain, page, this.P, this.keyW, s * 4);
+        else contentKey(this.kDomain, stored, len, this.keyW, s * 4);
+        todo.push(s);
+      }
     }
-    let todo: number[] = Array.from(slots.subarray(0, n));
     for (let attempt = 0; ; attempt++) {
       todo = todo.filter((s) => this.state[s] === PENDING || this.state[s] === DROPPED);
       if (todo.length === 0 || this.closed) break;
       const failed = await this.writeBatch(todo);
       if (failed.length === 0) { this.markUp(); break; }
       todo = failed;
-      this.bufTries[b] = attempt + 1;
+      for (const b of bufs) this.bufTries[b] = attempt + 1;
       this.c.remote_retries++;
       if (++this.failStreak >= DOWN_AFTER) this.markDown('writes are not acknowledged');
       await sleep(Math.min(50 * 2 ** attempt, 1000));
     }
-    for (let i = 0; i < n; i++) { // anything left (closed) is dropped with the tier
-      const s = slots[i]!;
-      if (this.state[s] === DROPPED) this.freeSlot(s);
+    for (const b of bufs) {
+      const slots = this.bufSlots[b]!;
+      for (let i = 0, n = this.bufCount[b]!; i < n; i++) { // anything left (closed) is dropped with the tier
+        const s = slots[i]!;
+        if (this.state[s] === DROPPED) this.freeSlot(s);
+      }
+      this.bufBusy[b] = 0;
+      this.bufTries[b] = 0;
     }
-    this.bufBusy[b] = 0;
-    this.bufTries[b] = 0;
     this.wake();
   }
 
@@ -394,13 +416,14 @@ export class RemoteTier implements Tier {
     return failed;
   }
 
-  /** Resolves when the client has the slot map (or after timeoutMs: the attempt then fails and is retried). */
+  /** Resolves when the client has the slot map (or after timeoutMs: the attempt then fails and is retried). One wait shared by all batches. */
+  private readyWait: Promise<void> | null = null;
   private whenReady(): Promise<void> {
-    return new Promise((resolve) => {
+    return this.readyWait ??= new Promise<void>((resolve) => {
+      const cluster = this.cluster;
+      const done = (): void => { clearTimeout(t); cluster.off('ready', done); this.readyWait = null; resolve(); };
       const t = setTimeout(done, this.timeoutMs);
       t.unref();
-      const cluster = this.cluster;
-      function done(): void { clearTimeout(t); cluster.off('ready', done); resolve(); }
       cluster.once('ready', done);
     });
   }
@@ -453,7 +476,7 @@ export class RemoteTier implements Tier {
   private probing = false;
   private async probe(): Promise<void> {
     if (this.probing || this.closed) return;
-    for (let b = 0; b < this.nBufs; b++) if (this.bufBusy[b] === 2) return; // a flush retries and decides
+    if (this.flushing !== null) return; // the flusher retries and decides
     this.probing = true;
     try {
       const masters = this.cluster.nodes('master');
@@ -478,7 +501,7 @@ export class RemoteTier implements Tier {
   /** Resolves once every object appended so far is acknowledged by the cluster (or the tier closed). */
   async drain(): Promise<void> {
     if (this.open >= 0) this.seal(this.open);
-    while (this.flushes.size > 0) await Promise.all([...this.flushes]);
+    while (this.flushing !== null) await this.flushing;
   }
 
   sealOpen(): boolean {
@@ -666,8 +689,7 @@ export class RemoteTier implements Tier {
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.open >= 0) this.seal(this.open);
-    const all = Promise.all([...this.flushes]);
-    await Promise.race([all, sleep(this.timeoutMs)]);
+    if (this.flushing !== null) await Promise.race([this.flushing, sleep(this.timeoutMs)]);
     this.closed = true;
     if (this.renewTimer) clearInterval(this.renewTimer);
     if (this.probeTimer) clearInterval(this.probeTimer);
