@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { hasTool, run, runOk, startServer, ZDEDUP, type Server } from './nbd/harness.js';
+import { hasTool, httpGet, run, runOk, startServer, ZDEDUP, type Server } from './nbd/harness.js';
 import { MiB, PAGE, poll, storeStats } from './nbd/tier-helpers.js';
 import { fillRandom } from '../helpers/pages.js';
 import { RedisCluster, redisMissing } from '../helpers/redis-cluster.js';
@@ -90,6 +90,16 @@ describe('zdedup serve --remote with nbdcopy on a real Redis Cluster', { skip },
       // It uploads only pages the first host never sent (those it still held in RAM when stopped).
       const neverSent = st1.unique_objects! - st1.remote_objects!;
       assert.ok(st2.remote_stores! <= neverSent, `the second host uploaded ${st2.remote_stores} values, the first kept only ${neverSent} in RAM`);
+      // The counters under their names in /metrics and `zdedup stats`.
+      const metrics = await httpGet(s2.http!, '/metrics');
+      for (const m of ['zdedup_remote_dedup_hits_total', 'zdedup_remote_stores_total', 'zdedup_remote_loads_total', 'zdedup_remote_errors_total',
+        'zdedup_remote_retries_total', 'zdedup_remote_objects', 'zdedup_remote_bytes', 'zdedup_remote_hit_latency_p99_us']) {
+        assert.match(metrics, new RegExp(`^${m} \\d`, 'm'), `${m} in /metrics`);
+      }
+      const cli = await runOk(process.execPath, [ZDEDUP, 'stats', '--http', s2.http!, '--json']);
+      assert.ok((JSON.parse(cli.stdout) as { store: Record<string, number> }).store.remote_dedup_hits! > 0, 'zdedup stats --json shows remote_dedup_hits');
+      const text = await runOk(process.execPath, [ZDEDUP, 'stats', '--http', s2.http!]);
+      assert.match(text.stdout, /^\s*remote_dedup_hits\s+[1-9]/m, 'zdedup stats shows the remote tier');
       // It reads every byte back, most of them stored by the first host.
       const back = join(dir, 'back.img');
       await runOk('nbdcopy', [s2.uri(), back]);
