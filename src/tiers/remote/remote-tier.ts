@@ -200,6 +200,9 @@ export class RemoteTier implements Tier {
       },
     });
     this.cluster.on('error', () => {}); // counted where a command fails
+    // ioredis parks each auto-pipelined command issued before the first slot map on a 'ready'
+    // listener of its own (removed on ready): a burst of loads at start is not a leak.
+    this.cluster.setMaxListeners(256);
     void this.adoptDomainLease();
     this.renewTimer = setInterval(() => { void this.renewAll(); }, Math.max(250, Math.floor(this.leaseMs / 3)));
     this.renewTimer.unref();
