@@ -5,7 +5,8 @@
  *
  *   kick() / 1 s timer ──▶ step() ──▶ one bounded piece of work ──▶ setImmediate (urgent) or
  *                                                                     200 ms (not urgent) ──▶ step() ...
- *                           │ 1. pool over its target?   evict ~256 KiB from the LRU tail, or
+ *                           │ 1. pool over its target?   drop ephemeral pages (coldest first), else
+ *                           │                             evict ~256 KiB from the LRU tail, or
  *                           │                             compact when evictions left holes
  *                           │ 2. tier short of free segments?  clean the best segment
  *                           │ 3. pool sparse after frees?      one compaction step
@@ -167,6 +168,12 @@ export class Maintenance {
           this.stepKind = 'writeback-compact';
           const r = s.compact(COMPACT_STEP_OBJECTS);
           if (r.moved_objects > 0 || r.freed_arenas > 0 || r.moved_zspages > 0) return true;
+        }
+        // Ephemeral pages go first, coldest first: nothing persistent is written back while any remain.
+        if (s.ephemeralPages() > 0) {
+          this.stepKind = 'ephemeral-drop';
+          s.dropEphemeral(EVICT_STEP_BYTES);
+          return true;
         }
         this.stepKind = 'writeback';
         const r = s.evictOldest(EVICT_STEP_BYTES);

@@ -47,6 +47,7 @@ import { ZdedupError, checkUint } from '../errors.js';
 import { DiskTier, type DiskTierOptions } from '../tiers/disk/disk-tier.js';
 import { CODEC_LZ4, CODEC_RAW, CODEC_ZSTD } from '../tiers/disk/format.js';
 import { NO_TIER_STATS, type AppendResult, type CleaningOwner, type Liveness, type Tier } from '../tiers/tier.js';
+import { EphemeralTable } from './ephemeral.js';
 import { Maintenance, type MaintenanceEvents } from './maintenance.js';
 import { IN_RAM, IN_TIER, REFERENCED, ObjectTable, type ObjectId } from './objects.js';
 import type { PageStoreStats } from './stats.js';
@@ -58,6 +59,10 @@ export type { MaintenanceEvents } from './maintenance.js';
 export type AreaId = number & { readonly __brand: 'AreaId' };
 export type StoreResult = 'stored' | 'reject_pool_limit' | 'reject_alloc_fail' | 'reject_reclaim_fail' | 'reject_quota';
 export type LoadResult = 'hit' | 'miss';
+/** An ephemeral pool (createPool): a store area id that has no slot map. */
+export type PoolId = number & { readonly __brand: 'PoolId' };
+/** put(): 'stored', or 'rejected' — not cached (no room in RAM, or it would need the tier); any older page under the key is gone. */
+export type PutResult = 'stored' | 'rejected';
 /** pageKind(): 0 hole (never written or invalidated), 1 zero page, 2 data. */
 export type PageKind = 0 | 1 | 2;
 
@@ -119,6 +124,8 @@ const EVICT_MAX_ROTATIONS = 4096;
 // storeOne's internal outcomes: the first four are final, the last two mean "wait, then retry".
 const S_OK = 0, S_POOL_LIMIT = 1, S_ALLOC_FAIL = 2, S_RECLAIM_FAIL = 3, S_QUOTA = 4, S_WAIT_ROOM = 5, S_WAIT_VERIFY = 6;
 const STORE_RESULTS: StoreResult[] = ['stored', 'reject_pool_limit', 'reject_alloc_fail', 'reject_reclaim_fail', 'reject_quota'];
+/** Object bytes dropped per round at least when ephemeral pages make room for an allocation (reclaimEphemeral). */
+const RECLAIM_ROUND_BYTES = 256 << 10;
 /** LRU entries an over-quota store looks through for its own area's coldest objects. */
 const QUOTA_SCAN = 1024;
 // loadOne's outcomes
@@ -222,6 +229,16 @@ export class PageStore {
   private readonly events: MaintenanceEvents;
   private names: string[] = [];
   private byName = new Map<string, number>();
+  /** Ephemeral pools (see ephemeral.ts): created with the first pool, so a store without one pays nothing. */
+  private eph: EphemeralTable | null = null;
+  private poolByName = new Map<string, number>();
+  /** Per area id: true when it is an ephemeral pool. */
+  private isPool: boolean[] = [];
+  /** Ephemeral entries that hold an object (not a same-filled word): they count in duplicate_pages. */
+  private ephObjRefs = 0;
+  /** Set while an ephemeral put places a new object: RAM only, never the tier, never writethrough. */
+  private ramOnly = false;
+  private readonly ephCollect = new Uint32Array(4096);
 
   private c = {
     stored_pages: 0, same_filled_pages: 0, zero_pages: 0, unique_objects: 0,
@@ -230,6 +247,8 @@ export class PageStore {
     invalidated_pages: 0, dedup_hits: 0, verify_mismatch: 0,
     reject_reclaim_fail: 0, written_back_pages: 0, evicted_clean_pages: 0, pool_bypass_pages: 0,
     writethrough_pages: 0, promoted_pages: 0, disk_loads: 0, store_waits: 0, quota_limit_hit: 0,
+    ephemeral_puts: 0, ephemeral_put_rejected: 0, ephemeral_hits: 0, ephemeral_misses: 0,
+    ephemeral_evicted_pages: 0, ephemeral_flushed_pages: 0,
   };
 
   constructor(opts: PageStoreOptions = {}) {
@@ -295,15 +314,207 @@ export class PageStore {
       this.objects.enableOwners();
     }
     if (this.objects.owner !== null && id > 0xffff) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'with per-area pool quotas a store has at most 65536 areas');
-    this.slotMaps.push(new Uint32Array(pages));
+    this.addAreaId(name, new Uint32Array(pages), quota);
+    this.byName.set(name, id);
+    return id as AreaId;
+  }
+
+  /** Appends an area id's per-area state; an ephemeral pool has no slot map (slotMaps[id] undefined). */
+  private addAreaId(name: string, slots: Uint32Array | undefined, quota: number): number {
+    const id = this.slotMaps.length;
+    this.slotMaps.push(slots);
     this.areaStored.push(0); this.areaSame.push(0); this.areaZero.push(0);
     this.areaQuota.push(quota); this.areaRam.push(0);
-    this.touched.push(new Uint32Array(Math.ceil(pages / 1024 / 32)));
+    this.touched.push(new Uint32Array(Math.ceil((slots?.length ?? 0) / 1024 / 32)));
     this.touchedBlocks.push(0);
     this.names.push(name);
-    this.byName.set(name, id);
+    this.isPool.push(slots === undefined);
     if (!this.sharedDedup) this.domainIndex.push(new FingerprintIndex(this.keys));
-    return id as AreaId;
+    return id;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Ephemeral pools (tmem's cleancache half; the table is ephemeral.ts)
+  //
+  // A pool's pages are clean copies whose truth lives elsewhere: a get returns the last page put
+  // under the key or misses, never other data, and any page may vanish at any time. They share
+  // dedup and compression with everything in their dedup domain (the pool alone, or every area
+  // with sharedDedup), live only in RAM (never written to the tier), and are the first thing
+  // dropped under pressure: coldest first, before any persistent object is written back or
+  // refused (reclaimEphemeral, dropEphemeral).
+
+  /** Creates an ephemeral pool (its own dedup domain unless sharedDedup). Only `ephemeral: true` exists. */
+  createPool(name: string, opts: { ephemeral: true }): PoolId {
+    if (typeof name !== 'string') throw new ZdedupError('ERR_INVALID_ARGUMENT', 'pool name must be a string');
+    if (opts?.ephemeral !== true) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'createPool makes ephemeral pools ({ ephemeral: true }); persistent pages live in areas (createArea)');
+    if (this.poolByName.has(name)) throw new ZdedupError('ERR_AREA_EXISTS', `pool "${name}" already exists`);
+    if (this.objects.owner !== null && this.slotMaps.length > 0xffff) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'with per-area pool quotas a store has at most 65536 areas and pools');
+    this.eph ??= new EphemeralTable();
+    const id = this.addAreaId(`pool:${name}`, undefined, 0);
+    this.poolByName.set(name, id);
+    return id as PoolId;
+  }
+
+  /** The pool named `name`; ERR_UNKNOWN_AREA if none. */
+  poolNamed(name: string): PoolId {
+    const id = this.poolByName.get(name);
+    if (id === undefined) throw new ZdedupError('ERR_UNKNOWN_AREA', `no pool named "${name}"`);
+    return id as PoolId;
+  }
+
+  /**
+   * Caches `page` under (key, index) in ephemeral pool `pool`, replacing what was there. Never
+   * blocks and never waits: when the page cannot be placed in RAM at once (no room even after
+   * dropping colder ephemeral pages, or confirming a duplicate would need a tier read) it is not
+   * cached ('rejected') and any older page under the key is dropped, so a get then misses.
+   * `key`: a non-negative safe integer or a bigint below 2^64; `index`: 0..2^32-1.
+   */
+  put(pool: PoolId, key: number | bigint, index: number, page: Uint8Array): PutResult {
+    this.checkPool(pool);
+    const khi = keyHi(key), klo = keyLo(key);
+    this.checkPoolIndex(index);
+    this.checkPage(page, this.pageSize);
+    const t = this.eph!;
+    this.c.ephemeral_puts++;
+    this.ramOnly = true;
+    let v: number;
+    try {
+      v = this.acquire(pool, page, false, 0);
+    } finally {
+      this.ramOnly = false;
+    }
+    // Looked up after acquire: making room may have dropped this very entry.
+    const e = t.find(pool, khi, klo, index);
+    if (v < 0) {
+      this.c.ephemeral_put_rejected++;
+      if (e >= 0) this.ephRelease(pool, t.remove(e));
+      return 'rejected';
+    }
+    if ((v & SAME) === 0) this.ephObjRefs++;
+    if (e < 0) { t.add(pool, khi, klo, index, v); return 'stored'; }
+    const old = t.value(e);
+    t.setValue(e, v);
+    this.ephRelease(pool, old);
+    return 'stored';
+  }
+
+  /**
+   * Copies the page cached under (key, index) into `into` (>= pageSize bytes): 'hit', or 'miss'
+   * with `into` untouched. Never blocks: a page whose object has gone to the tier (shared with a
+   * persistent slot) or fails its checks is dropped and misses — the truth lives elsewhere.
+   */
+  get(pool: PoolId, key: number | bigint, index: number, into: Uint8Array): LoadResult {
+    this.checkPool(pool);
+    const khi = keyHi(key), klo = keyLo(key);
+    this.checkPoolIndex(index);
+    this.checkInto(into, this.pageSize);
+    const t = this.eph!;
+    const c = this.c;
+    const e = t.find(pool, khi, klo, index);
+    if (e < 0) { c.ephemeral_misses++; return 'miss'; }
+    const calls = c.load_calls, hits = c.load_hits; // loadOne counts slot loads; this is not one
+    let r = L_MISS;
+    try {
+      r = this.loadOne(t.value(e), into, 0, false);
+    } catch (err) {
+      if (!(err instanceof ZdedupError) || err.code !== 'ERR_DECOMPRESS') throw err;
+      // counted in decompress_fail; not data: dropped, and the caller reads the truth
+    } finally {
+      c.load_calls = calls; c.load_hits = hits;
+    }
+    if (r === L_HIT) { t.touch(e); c.ephemeral_hits++; return 'hit'; }
+    this.ephRelease(pool, t.remove(e));
+    c.ephemeral_flushed_pages++;
+    c.ephemeral_misses++;
+    return 'miss';
+  }
+
+  /** Drops the page cached under (key, index), if any. */
+  flush(pool: PoolId, key: number | bigint, index: number): void {
+    this.checkPool(pool);
+    const khi = keyHi(key), klo = keyLo(key);
+    this.checkPoolIndex(index);
+    const t = this.eph!;
+    const e = t.find(pool, khi, klo, index);
+    if (e < 0) return;
+    this.ephRelease(pool, t.remove(e));
+    this.c.ephemeral_flushed_pages++;
+  }
+
+  /** Drops every page cached under `key` (cleancache invalidate_inode). Walks the whole table. */
+  flushObject(pool: PoolId, key: number | bigint): void {
+    this.checkPool(pool);
+    this.flushWhere(pool, keyHi(key), keyLo(key), false);
+  }
+
+  /** Drops every page of the pool (the pool stays defined). Walks the whole table. */
+  flushPool(pool: PoolId): void {
+    this.checkPool(pool);
+    this.flushWhere(pool, 0, 0, true);
+  }
+
+  private flushWhere(pool: number, khi: number, klo: number, wholePool: boolean): void {
+    const t = this.eph!;
+    const out = this.ephCollect;
+    for (;;) {
+      const n = t.collect(pool, khi, klo, wholePool, out);
+      for (let i = 0; i < n; i++) this.ephRelease(pool, t.remove(out[i]!));
+      this.c.ephemeral_flushed_pages += n;
+      if (n < out.length) return;
+    }
+  }
+
+  /** Drops an ephemeral entry's reference; returns the RAM bytes that freed. */
+  private ephRelease(pool: number, v: number): number {
+    if ((v & SAME) === 0) this.ephObjRefs--;
+    return this.dropRef(pool, v);
+  }
+
+  /** Ephemeral pages held (maintenance drops them before writing anything back). */
+  ephemeralPages(): number {
+    return this.eph?.count ?? 0;
+  }
+
+  /**
+   * Drops the coldest ephemeral pages until `budgetBytes` of RAM are freed, `maxPages` pages are
+   * dropped, or none is left; returns the RAM bytes freed. Only what actually frees memory
+   * counts: a page sharing its object with a persistent slot (or another entry) frees nothing.
+   */
+  dropEphemeral(budgetBytes: number, maxPages = 4096): number {
+    const t = this.eph;
+    if (t === null) return 0;
+    let freed = 0;
+    for (let n = 0; n < maxPages && freed < budgetBytes; n++) {
+      const e = t.coldest();
+      if (e < 0) break;
+      const pool = t.poolOf(e);
+      freed += this.ephRelease(pool, t.remove(e));
+      this.c.ephemeral_evicted_pages++;
+    }
+    return freed;
+  }
+
+  /**
+   * The pool is at its limit and ephemeral pages exist: make room from them before anything
+   * persistent is written back or refused. As zswap's hysteresis, one reclaim makes room for
+   * many allocations: drop the coldest until the objects in RAM fit 95% of the accept threshold,
+   * then compact, since freed slots only lower pool_total_size once whole arenas empty. When the
+   * allocation still fails (the pool is full of sparse zspages of other size classes), drop
+   * further rounds of at least RECLAIM_ROUND_BYTES until it succeeds or no ephemeral page is
+   * left. Runs once per crossing of the limit, not per store.
+   */
+  private reclaimEphemeral(id: number, len: number): 'ok' | 'pool_limit' | 'zspage_limit' {
+    const target = this.acceptBytes * 0.95;
+    let a: 'ok' | 'pool_limit' | 'zspage_limit' = 'pool_limit';
+    while (a === 'pool_limit' && this.eph!.count > 0) {
+      this.dropEphemeral(Math.max(this.ramBytes + len - target, RECLAIM_ROUND_BYTES));
+      for (let i = 0; i < 64 && this.pool.totalSize() + this.pageSize > this.acceptBytes; i++) {
+        const r = this.pool.compact();
+        if (r.moved_objects === 0 && r.moved_zspages === 0 && r.freed_arenas === 0) break;
+      }
+      a = this.pool.alloc(id, len);
+    }
+    return a;
   }
 
   /** The area named `name`; ERR_UNKNOWN_AREA if none. */
@@ -598,7 +809,7 @@ export class PageStore {
     const P = this.pageSize;
     const pool = this.pool.totalSize();
     const meta = this.metadataBytes();
-    const dedupSlots = c.stored_pages - c.same_filled_pages;
+    const dedupSlots = c.stored_pages - c.same_filled_pages + this.ephObjRefs;
     const t = this.tier?.stats() ?? NO_TIER_STATS;
     return {
       page_size: P,
@@ -631,6 +842,13 @@ export class PageStore {
       disk_loads: c.disk_loads,
       store_waits: c.store_waits,
       quota_limit_hit: c.quota_limit_hit,
+      ephemeral_pages: this.eph?.count ?? 0,
+      ephemeral_puts: c.ephemeral_puts,
+      ephemeral_put_rejected: c.ephemeral_put_rejected,
+      ephemeral_hits: c.ephemeral_hits,
+      ephemeral_misses: c.ephemeral_misses,
+      ephemeral_evicted_pages: c.ephemeral_evicted_pages,
+      ephemeral_flushed_pages: c.ephemeral_flushed_pages,
       disk_objects: this.tierObjects,
       ...t,
       store_calls: c.store_calls,
@@ -652,7 +870,7 @@ export class PageStore {
    * table, indexes, word table, pool bookkeeping. slotMapReservedBytes() is the slot maps' full size.
    */
   metadataBytes(): number {
-    let b = this.objects.bytes() + this.words.bytes() + this.pool.metadataBytes();
+    let b = this.objects.bytes() + this.words.bytes() + this.pool.metadataBytes() + (this.eph?.bytes() ?? 0);
     for (let a = 0; a < this.slotMaps.length; a++) {
       const m = this.slotMaps[a];
       if (!m) continue;
@@ -744,19 +962,31 @@ export class PageStore {
     const c = this.c;
     const page = at === 0 && src.length === P ? src : src.subarray(at, at + P);
     const old = slots[offset]!;
-
-    if (isSameFilled(page, P)) {
-      const lo = wordLo(page), hi = wordHi(page);
-      const w = this.words.acquire(lo, hi);
-      this.release(area, old);
-      slots[offset] = SAME | w;
-      this.touch(area, offset);
-      this.count(area, old, 1);
+    const v = this.acquire(area, page, sync, old);
+    if (v < 0) return -v;
+    if (v === old && (v & SAME) === 0) return S_OK; // same content rewritten in place (no new reference taken)
+    this.release(area, old);
+    slots[offset] = v;
+    this.touch(area, offset);
+    this.count(area, old, 1);
+    if ((v & SAME) !== 0) {
       c.same_filled_pages++;
       this.areaSame[area]!++;
-      if (w === 0) { c.zero_pages++; this.areaZero[area]!++; }
-      return S_OK;
+      if (v === SAME) { c.zero_pages++; this.areaZero[area]!++; }
     }
+    return S_OK;
+  }
+
+  /**
+   * Takes a reference to `page`'s content in `area`'s dedup domain and returns the value that
+   * holds it (SAME | w, or id + 1), or -S_* when it cannot (nothing changed then). When the
+   * content is object `keep` (a slot value the caller holds), returns `keep` without a new
+   * reference.
+   */
+  private acquire(area: number, page: Uint8Array, sync: boolean, keep: number): number {
+    const P = this.pageSize;
+    const c = this.c;
+    if (isSameFilled(page, P)) return (SAME | this.words.acquire(wordLo(page), wordHi(page))) >>> 0;
 
     this.fp.hash(page, P);
     const lo = this.fp.lo, hi = this.fp.hi;
@@ -765,20 +995,16 @@ export class PageStore {
     for (let id = index.probeNext(); id >= 0; id = index.probeNext()) {
       if (this.verify) {
         const same = this.sameContent(id, page, sync);
-        if (same === -1) { this.verifyId = id; return S_WAIT_VERIFY; }
+        if (same === -1) { this.verifyId = id; return -S_WAIT_VERIFY; }
         if (same === 0) { c.verify_mismatch++; continue; }
         if (same === -2) continue; // unreadable candidate: counted as decompress_fail (or by the tier), not as a mismatch
       }
       c.dedup_hits++;
       const f = this.objects.flags[id]!;
       if ((f & IN_RAM) !== 0) this.objects.flags[id] = f | REFERENCED; // shared again: a use, like a load
-      if (old === id + 1) return S_OK; // same content rewritten in place
+      if (keep === id + 1) return keep;
       this.objects.incRef(id);
-      this.release(area, old);
-      slots[offset] = id + 1;
-      this.touch(area, offset);
-      this.count(area, old, 1);
-      return S_OK;
+      return id + 1;
     }
 
     // A new object.
@@ -789,7 +1015,7 @@ export class PageStore {
     const o = this.objects;
     const id = o.newId();
     const placed = this.place(area, id, lo, hi, raw, bytes, len);
-    if (placed !== S_OK) { o.freeId(id); return placed; }
+    if (placed !== S_OK) { o.freeId(id); return -placed; }
     o.lens[id] = len;
     o.keys.lo[id] = lo;
     o.keys.hi[id] = hi;
@@ -798,11 +1024,7 @@ export class PageStore {
     c.unique_objects++;
     c.compressed_bytes += len;
     if (raw) c.stored_incompressible_pages++;
-    this.release(area, old);
-    slots[offset] = id + 1;
-    this.touch(area, offset);
-    this.count(area, old, 1);
-    return S_OK;
+    return id + 1;
   }
 
   /**
@@ -831,7 +1053,8 @@ export class PageStore {
     const tier = this.tier;
     const codec = raw ? CODEC_RAW : this.codecId;
     if (o.owner !== null) o.owner[id] = area;
-    let ramAllowed = !this.poolFull;
+    // Ephemeral pages exist: the pool tries RAM even while full, making room from them first.
+    let ramAllowed = !this.poolFull || this.ramOnly || (this.eph !== null && this.eph.count > 0);
     const quota = this.areaQuota[area]!;
     if (ramAllowed && quota > 0 && this.areaRam[area]! + len > quota) {
       c.quota_limit_hit++;
@@ -841,7 +1064,8 @@ export class PageStore {
       if (this.evictArea(area, need) < need) ramAllowed = false;
     }
     if (ramAllowed) {
-      const a = this.pool.alloc(id, len);
+      let a = this.pool.alloc(id, len);
+      if (a === 'pool_limit' && this.eph !== null && this.eph.count > 0) a = this.reclaimEphemeral(id, len);
       if (a === 'ok') {
         this.pool.locate(id);
         this.pool.locBuf.set(bytes.subarray(0, len), this.pool.locOff);
@@ -849,7 +1073,7 @@ export class PageStore {
         o.lruPushHead(id);
         this.ramBytes += len;
         if (o.owner !== null) this.areaRam[area]! += len;
-        if (this.writethrough && tier!.append(id, lo, hi, codec, bytes, 0, len) === 'ok') {
+        if (this.writethrough && !this.ramOnly && tier!.append(id, lo, hi, codec, bytes, 0, len) === 'ok') {
           o.flags[id] = IN_RAM | IN_TIER;
           o.w0[id] = tier!.lastW0;
           o.w1[id] = tier!.lastW1;
@@ -858,6 +1082,7 @@ export class PageStore {
         }
         return S_OK;
       }
+      if (this.ramOnly) return a === 'pool_limit' ? S_POOL_LIMIT : S_ALLOC_FAIL; // an ephemeral page: RAM or nothing
       if (a === 'zspage_limit' || tier === null) {
         if (a === 'pool_limit') { c.pool_limit_hit++; this.lastReject = 'reject_pool_limit'; return S_POOL_LIMIT; }
         c.reject_alloc_fail++;
@@ -1063,20 +1288,23 @@ export class PageStore {
     this.c.invalidated_pages++;
   }
 
-  /** Drops the reference held by a slot value (0, SAME|w or id+1). Does not touch counters of slots. */
+  /** Drops the reference held by a slot value (0, SAME|w or id+1). Does not touch stored_pages. */
   private release(area: number, v: number): void {
-    if (v === 0) return;
-    if (v & SAME) {
-      const w = v & ~SAME;
-      this.words.release(w);
+    if (v !== 0 && (v & SAME) !== 0) {
       this.c.same_filled_pages--;
       this.areaSame[area]!--;
-      if (w === 0) { this.c.zero_pages--; this.areaZero[area]!--; }
-      return;
+      if (v === SAME) { this.c.zero_pages--; this.areaZero[area]!--; }
     }
+    this.dropRef(area, v);
+  }
+
+  /** Drops a reference (a slot's or an ephemeral entry's); returns the RAM bytes that freed. */
+  private dropRef(area: number, v: number): number {
+    if (v === 0) return 0;
+    if (v & SAME) { this.words.release(v & ~SAME); return 0; }
     const id = v - 1;
     const o = this.objects;
-    if (o.decRef(id) > 0) return;
+    if (o.decRef(id) > 0) return 0;
     this.domainIndex[this.sharedDedup ? 0 : area]!.remove(id);
     const len = o.lens[id]!;
     const f = o.flags[id]!;
@@ -1086,6 +1314,7 @@ export class PageStore {
     this.c.compressed_bytes -= len;
     if (len === this.pageSize) this.c.stored_incompressible_pages--;
     o.freeId(id);
+    return (f & IN_RAM) !== 0 ? len : 0;
   }
 
   private dropRam(id: number, len: number): void {
@@ -1242,6 +1471,19 @@ export class PageStore {
     return m;
   }
 
+  private checkPool(pool: PoolId): void {
+    if (this.closed) throw new ZdedupError('ERR_CLOSED', 'page store is closed');
+    if (!(typeof pool === 'number' && Number.isInteger(pool) && pool >= 0 && this.isPool[pool] === true)) {
+      throw new ZdedupError('ERR_UNKNOWN_AREA', `unknown pool ${String(pool)}`);
+    }
+  }
+
+  private checkPoolIndex(index: number): void {
+    if (!Number.isInteger(index) || index < 0 || index > 0xffffffff) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', `page index must be an integer in 0..2^32-1, got ${String(index)}`);
+    }
+  }
+
   private checkBatch(pages: Uint8Array): number {
     const P = this.pageSize;
     if (!(pages instanceof Uint8Array) || pages.length % P !== 0) {
@@ -1299,6 +1541,12 @@ export class PageStore {
       }
       stored += aStored; same += aSame; zero += aZero;
     });
+    if (this.eph !== null) {
+      this.eph.checkInvariants();
+      let objRefs = 0;
+      this.eph.forEachValue((v) => { if ((v & SAME) === 0) { objRefs++; refsSeen.set(v - 1, (refsSeen.get(v - 1) ?? 0) + 1); } });
+      if (objRefs !== this.ephObjRefs) throw new Error(`ephemeral object references ${this.ephObjRefs} != ${objRefs}`);
+    }
     if (stored !== this.c.stored_pages) throw new Error(`stored_pages ${this.c.stored_pages} != ${stored}`);
     if (same !== this.c.same_filled_pages) throw new Error(`same_filled_pages ${this.c.same_filled_pages} != ${same}`);
     if (zero !== this.c.zero_pages) throw new Error(`zero_pages ${this.c.zero_pages} != ${zero}`);
@@ -1341,4 +1589,19 @@ export class PageStore {
     }
     this.tier!.corruptForTest!(this.objects.w0[id]!, this.objects.w1[id]!);
   }
+}
+
+/** High 32 bits of an ephemeral key (a non-negative safe integer, or a bigint below 2^64). */
+function keyHi(key: number | bigint): number {
+  if (typeof key === 'bigint') {
+    if (key < 0n || key >= 1n << 64n) throw new ZdedupError('ERR_INVALID_ARGUMENT', `key must be in 0..2^64-1, got ${key}`);
+    return Number(key >> 32n);
+  }
+  if (!Number.isSafeInteger(key) || key < 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `key must be a non-negative safe integer or a bigint, got ${String(key)}`);
+  return Math.floor(key / 0x100000000);
+}
+
+/** Low 32 bits of a key keyHi() accepted. */
+function keyLo(key: number | bigint): number {
+  return typeof key === 'bigint' ? Number(key & 0xffffffffn) : key >>> 0;
 }

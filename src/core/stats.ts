@@ -66,6 +66,18 @@ export interface PageStoreStats extends TierStats {
   store_waits: number;
   /** Stores that found their area at its pool quota (served from the area's own cold objects, the tier, or refused). */
   quota_limit_hit: number;
+  /** Ephemeral pages held (entries of every ephemeral pool; createPool / put). */
+  ephemeral_pages: number;
+  /** put() calls, and puts not cached (no room in RAM even after dropping colder ephemeral pages, or a duplicate to confirm on the tier). */
+  ephemeral_puts: number;
+  ephemeral_put_rejected: number;
+  /** get() calls that returned the page, and that missed. */
+  ephemeral_hits: number;
+  ephemeral_misses: number;
+  /** Ephemeral pages dropped by the pressure policy (coldest first, before anything persistent is written back or refused). */
+  ephemeral_evicted_pages: number;
+  /** Ephemeral pages dropped by flush / flushObject / flushPool, by a rejected put over them, or by a get that found them unusable. */
+  ephemeral_flushed_pages: number;
   /** Live objects with a copy in the tier. */
   disk_objects: number;
   /** Calls of store / load, loads that hit and missed, pages invalidated. */
