@@ -30,6 +30,9 @@ export const STORE_COUNTERS: ReadonlySet<string> = new Set([
   // The remote tier (src/tiers/remote):
   'remote_stores', 'remote_loads', 'remote_dedup_hits', 'remote_errors', 'remote_retries', 'remote_lost_objects',
   'remote_bytes_sent', 'remote_bytes_received',
+  // Ephemeral pools and cache exports:
+  'ephemeral_puts', 'ephemeral_put_rejected', 'ephemeral_hits', 'ephemeral_misses', 'ephemeral_evicted_pages',
+  'ephemeral_flushed_pages',
 ]);
 
 /** One line per known stat: what it counts (Prometheus HELP, dashboard tooltips). */
@@ -100,6 +103,13 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   remote_bytes_received: 'Bytes of values received from the Redis Cluster',
   remote_hit_latency_p50_us: 'Median latency of remote hits over the last 4096, microseconds',
   remote_hit_latency_p99_us: '99th percentile latency of remote hits over the last 4096, microseconds',
+  ephemeral_pages: 'Ephemeral pages held (clean cached pages: cache exports, ephemeral pools)',
+  ephemeral_puts: 'Pages put into ephemeral pools',
+  ephemeral_put_rejected: 'Ephemeral puts not cached (no room in RAM even after dropping colder ephemeral pages)',
+  ephemeral_hits: 'Ephemeral gets that returned the cached page',
+  ephemeral_misses: 'Ephemeral gets that missed (never cached, dropped, or flushed)',
+  ephemeral_evicted_pages: 'Ephemeral pages dropped under pressure, coldest first, before anything persistent is written back or refused',
+  ephemeral_flushed_pages: 'Ephemeral pages dropped by a flush, a rejected put over them, or a write',
   write_amplification: 'Bytes written to the backing per byte of new data in written segments (cleaning, headers and alignment make it > 1)',
 };
 
