@@ -41,6 +41,8 @@ export interface ExportSpec {
   readOnly?: boolean;
   /** Pool quota: the most RAM pool bytes this export's objects may hold (PageStore.createArea). */
   maxPool?: number;
+  /** A cache export of this raw image file (cache-export.ts); `size` is then the file's. */
+  cache?: { path: string };
 }
 
 export class NbdExport {

@@ -38,6 +38,7 @@ import { ensureSocketDirectory } from '../paths.js';
 import { BufferBudget, DEFAULT_BUDGET, RECLAIM_AFTER } from './budget.js';
 import { NbdConnection, type ConnectionHost, type ConnectionOptions } from './connection.js';
 import { NbdCounters } from './counters.js';
+import { CacheExport, CacheExports, type CacheExportInfo } from './cache-export.js';
 import { NbdExport, type ExportSpec } from './export.js';
 import { MAX_STRING } from './protocol.js';
 import type { TlsCredentials, TlsMode } from './tls.js';
@@ -119,6 +120,8 @@ export interface ExportInfo {
   pool_bytes: number | null;
   /** The export's pool quota (0 = none). */
   max_pool_bytes: number;
+  /** A cache export's image file and counters (absent for other exports). */
+  cache?: CacheExportInfo;
 }
 
 /** Exports larger than this many pages are not scanned for /stats (a scan costs one call per page). */
@@ -155,6 +158,13 @@ export class NbdServer implements ConnectionHost {
     for (const spec of opts.exports) {
       if (this.byName.has(spec.name)) throw new ZdedupError('ERR_INVALID_ARGUMENT', `export "${spec.name}" defined twice`);
       if (Buffer.byteLength(spec.name, 'utf8') > MAX_STRING) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'export name longer than 4096 bytes');
+      if (spec.cache !== undefined) {
+        this.cache ??= new CacheExports(opts.store, opts.pageSize, opts.log);
+        const e = this.cache.open(spec);
+        this.byName.set(spec.name, e);
+        list.push(e);
+        continue;
+      }
       if (!Number.isSafeInteger(spec.size) || spec.size <= 0) {
         throw new ZdedupError('ERR_INVALID_ARGUMENT', `export "${spec.name}" size must be a positive integer, got ${spec.size}`);
       }
@@ -165,7 +175,11 @@ export class NbdServer implements ConnectionHost {
       list.push(e);
     }
     this.exports = list;
+    this.cache?.start();
   }
+
+  /** The cache exports' images and shared pool (cache-export.ts), when there are any. */
+  private cache: CacheExports | undefined;
 
   // ---- ExportDirectory / ConnectionHost ------------------------------------------------------
 
@@ -248,6 +262,7 @@ export class NbdServer implements ConnectionHost {
     for (const c of this.conns) c.destroy();
     await Promise.all(all.map((c) => c.closed));
     await listenersClosed;
+    await this.cache?.close();
     // The unix sockets are gone (closing a listener unlinks its path): now let another server in.
     for (const l of this.locks) l.release();
     this.locks.length = 0;
@@ -259,6 +274,12 @@ export class NbdServer implements ConnectionHost {
     const store = this.opts.store;
     return this.exports.map((e) => {
       const pages = Math.ceil(e.size / e.pageSize);
+      if (e instanceof CacheExport) {
+        return {
+          name: e.name, description: e.description, size: e.size, read_only: e.readOnly, pages,
+          data_pages: pages, zero_pages: 0, hole_pages: 0, pool_bytes: null, max_pool_bytes: 0, cache: e.info(),
+        };
+      }
       const a = store.areaStats(e.area);
       return {
         name: e.name, description: e.description, size: e.size, read_only: e.readOnly, pages,

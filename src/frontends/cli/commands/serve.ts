@@ -160,6 +160,8 @@ Examples:
       every new object also goes to the disk at once, so evicting it later costs no write
   zdedup serve --export swap:8G --export vm:20G --listen 127.0.0.1:10809
       two exports over a unix socket and TCP; nbdinfo --list 'nbd://127.0.0.1' lists them
+  zdedup serve --export vm1:cache=/img/vm1.raw --export vm2:cache=/img/vm2.raw --max-pool 4G
+      two VM disks through one compressed, deduplicated RAM cache; identical images are read once
   zdedup serve --listen 0.0.0.0:10809 --tls-psk /etc/zdedup/keys.psk
       TCP on every address: TLS is then required (nbdinfo 'nbds://alice@host/?tls-psk-file=keys.psk');
       keys.psk holds "alice:HEXKEY" lines (psktool -u alice -p keys.psk)
@@ -186,7 +188,8 @@ export function registerServe(program: Command, ctx: Ctx): void {
     )
     .option('--socket <path>', `unix socket to listen on (default ${DEFAULT_SOCKET}: /run/zdedup as root, else $XDG_RUNTIME_DIR/zdedup or /tmp/zdedup-UID; the directory is created)`)
     .option('--size <size>', `size of the default export "" (default ${DEFAULT_SIZE})`)
-    .option('--export <name:size[:ro][:max-pool=SIZE]>', 'an export (repeatable); replaces the default export. max-pool: the most RAM pool bytes its data may hold (beyond it, its own coldest objects go to --backing, or its writes get ENOSPC); other exports are never pushed out for it', collect)
+    .option('--export <name:size[:ro][:max-pool=SIZE]>', 'an export (repeatable); replaces the default export. max-pool: the most RAM pool bytes its data may hold (beyond it, its own coldest objects go to --backing, or its writes get ENOSPC); other exports are never pushed out for it. ' +
+      'NAME:cache=PATH[:ro] serves the raw image file PATH through a deduplicated RAM cache: reads come from the cache or the file (then cached), writes go to the file first (writethrough, O_DSYNC); identical images share one cached copy; the cache is dropped first under --max-pool pressure', collect)
     .option('--codec <codec>', 'lz4 | zstd[:LEVEL] | none (default lz4)')
     .option('--page-size <size>', 'store page size, a power of two 4K..64K (default 4K)')
     .option('--listen <[host:]port>', `also (or only) listen on TCP; host defaults to 127.0.0.1, port to ${DEFAULT_NBD_PORT}`)
@@ -428,11 +431,22 @@ export function parsePoolLimit(arg: string): number {
   return Math.floor((os.totalmem() * pct) / 100);
 }
 
-/** "NAME:SIZE" or "NAME:SIZE:ro"; the name may be empty (":1G") and may itself contain colons. */
+/**
+ * "NAME:SIZE", "NAME:SIZE:ro", "NAME:SIZE:max-pool=SIZE", or a cache export "NAME:cache=PATH[:ro]";
+ * the name may be empty (":1G") and may itself contain colons.
+ */
 export function parseExportArg(arg: string, allReadOnly: boolean): ExportSpec {
   let s = arg;
   let readOnly = allReadOnly;
   let maxPool: number | undefined;
+  const c = s.indexOf(':cache=');
+  if (c >= 0) {
+    let path = s.slice(c + ':cache='.length);
+    if (path.endsWith(':ro')) { readOnly = true; path = path.slice(0, -3); }
+    if (path === '') throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${arg}": expected NAME:cache=PATH[:ro] (a raw image file)`);
+    const name = s.slice(0, c);
+    return { name, size: 0, readOnly, description: `zdedup cache of ${path}${readOnly ? ' (read-only)' : ''}`, cache: { path } };
+  }
   // Options after the size, in any order: ":ro", ":max-pool=SIZE" (the name itself may hold colons).
   for (;;) {
     if (s.endsWith(':ro')) { readOnly = true; s = s.slice(0, -3); continue; }
