@@ -1063,6 +1063,9 @@ export class PageStore {
       if (tier === null) { this.lastReject = 'reject_quota'; return S_QUOTA; }
       if (this.evictArea(area, need) < need) ramAllowed = false;
     }
+    // A cache must not compete with persistent data for a full pool: without ephemeral pages to
+    // make room from, an ephemeral put is refused while stores bypass RAM.
+    if (this.ramOnly && this.poolFull && this.eph!.count === 0) return S_POOL_LIMIT;
     if (ramAllowed) {
       let a = this.pool.alloc(id, len);
       if (a === 'pool_limit' && this.eph !== null && this.eph.count > 0) a = this.reclaimEphemeral(id, len);

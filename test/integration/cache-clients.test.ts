@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { hasPythonNbd, hasTool, httpGet, run, runOk, startServer, type Server } from './nbd/harness.js';
+import { REPO, hasPythonNbd, hasTool, httpGet, run, runOk, startServer, type Server } from './nbd/harness.js';
 import { MiB, PAGE, generateTierFile, poll } from './nbd/tier-helpers.js';
 
 interface CacheInfo { identity: string; file_reads: number; file_read_bytes: number; file_write_bytes: number; cache_hit_pages: number; cache_miss_pages: number; scan_bytes: number }
@@ -113,6 +113,34 @@ test('4 cache exports of identical images: contents match, one cached copy, read
     const end = await stats(s);
     assert.ok(cacheOf(end, 'b').file_write_bytes > 0 || !hasPythonNbd());
     t.diagnostic(`end: ${JSON.stringify(end.store)}`);
+  } finally {
+    await s.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('cache export under concurrent overlapping reads and writes from 4 connections: the export always equals its file', { timeout: 180_000 }, async (t) => {
+  if (!hasPythonNbd()) { t.skip('python3-libnbd not installed'); return; }
+  const dir = mkdtempSync(join(tmpdir(), 'zdedup-cache-race-'));
+  const img = join(dir, 'race.img');
+  generateTierFile(img, 256, 31);
+  const twin = join(dir, 'twin.img');
+  copyFileSync(img, twin); // an identical image: the race runs on a member of a group
+  const s = await startServer(['--export', `r:cache=${img}`, '--export', `t:cache=${twin}`]);
+  try {
+    await poll(async () => ((await stats(s)).exports.every((e) => e.cache!.identity === 'shared') ? true : null), 600, 100);
+    await runOk('nbdcopy', [s.uri('t'), join(dir, 'warm.out')]); // the group's pages cached from the twin
+    const script = join(REPO, 'test/integration/nbd/cache_race.py');
+    const r = await run('/usr/bin/python3', [script, s.uri('r'), img, '7', '60']);
+    assert.equal(r.code, 0, `race: ${r.stdout} ${r.stderr}`);
+    assert.match(r.stdout, /OK/);
+    const d = await stats(s);
+    t.diagnostic(`r: ${JSON.stringify(cacheOf(d, 'r'))}`);
+    assert.ok(cacheOf(d, 'r').cache_hit_pages > 0, 'the race was served partly from the cache');
+    // the twin was never written: it still reads the original
+    const out = join(dir, 't.out');
+    await runOk('nbdcopy', [s.uri('t'), out]);
+    assert.ok(readFileSync(out).equals(readFileSync(twin)), 'the identical image is unaffected');
   } finally {
     await s.stop();
     rmSync(dir, { recursive: true, force: true });
