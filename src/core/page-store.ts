@@ -429,6 +429,17 @@ export class PageStore {
     return 'miss';
   }
 
+  /** What is cached under (key, index), without using it: 0 nothing, 1 the zero page, 2 other data. */
+  peek(pool: PoolId, key: number | bigint, index: number): PageKind {
+    this.checkPool(pool);
+    const khi = keyHi(key), klo = keyLo(key);
+    this.checkPoolIndex(index);
+    const t = this.eph!;
+    const e = t.find(pool, khi, klo, index);
+    if (e < 0) return 0;
+    return t.value(e) === SAME ? 1 : 2;
+  }
+
   /** Drops the page cached under (key, index), if any. */
   flush(pool: PoolId, key: number | bigint, index: number): void {
     this.checkPool(pool);

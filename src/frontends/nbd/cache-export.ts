@@ -13,7 +13,8 @@
  *   WRITE ──▶ drop the cached pages it touches ──▶ pwrite to the file (opened O_DSYNC: on the
  *            medium before the reply, so a crash loses nothing) ──▶ put the whole pages written
  *   TRIM: a hint, ignored (the file keeps its bytes). WRITE_ZEROES: zeroes written to the file.
- *   BLOCK_STATUS: everything is data (the file is not inspected for holes).
+ *   BLOCK_STATUS: pages cached as zero pages are ZERO, everything else data (the file itself is not
+ *   inspected for holes).
  *
  * Keys: a page is cached under (key, page index). Each image file (one per device and inode:
  * two exports of the same file share it, and its writes) has its own key. Images of equal size
@@ -40,7 +41,7 @@ import { ZdedupError } from '../../errors.js';
 import { dropCached } from '../../tiers/disk/aligned.js';
 import type { Logger } from '../log.js';
 import { NbdExport, type ExportSpec } from './export.js';
-import { ERRNO, type WireErrno } from './protocol.js';
+import { BLOCK_STATUS_MAX_BYTES, ERRNO, STATE_ZERO, type WireErrno } from './protocol.js';
 
 /** File reads in flight at most, over every cache export (each holds one buffer of its run). */
 const FILE_READS_IN_FLIGHT = 16;
@@ -332,12 +333,15 @@ export class CacheExport extends NbdExport {
     const img = this.img;
     const epoch = img.epoch;
     const clean = img.writing === 0;
-    const buf = Buffer.allocUnsafe((b - a) * P); // one buffer per run of misses, not per page
+    // Whole pages inside the reply are read straight into it; a run with a partial page at either
+    // edge goes through a buffer of its own (one per run of misses, not per page).
+    const direct = a * P >= offset && b * P <= offset + dst.length;
+    const buf = direct ? dst.subarray(a * P - offset, b * P - offset) : Buffer.allocUnsafe((b - a) * P);
     const want = Math.min(buf.length, img.size - a * P);
     const n = await this.cache.readFile(img, buf, a * P);
     if (n < want) throw new ZdedupError('ERR_IO', `cache image ${img.path} is shorter than it was (read ${n} of ${want} bytes at ${a * P})`);
     buf.fill(0, n); // past the end of the file (its last, partial page)
-    for (let p = a; p < b; p++) copyPart(buf.subarray((p - a) * P, (p - a + 1) * P), p * P, dst, offset);
+    if (!direct) for (let p = a; p < b; p++) copyPart(buf.subarray((p - a) * P, (p - a + 1) * P), p * P, dst, offset);
     if (!clean || img.epoch !== epoch) return; // a write overlapped: what was read may be stale
     const store = this.cache.store;
     for (let p = a; p < b; p++) store.put(this.cache.pool, img.keyOf(p), p, buf.subarray((p - a) * P, (p - a + 1) * P));
@@ -401,11 +405,35 @@ export class CacheExport extends NbdExport {
     return ERRNO.OK;
   }
 
-  /** Everything is data (state 0), one extent. */
-  override blockStatus(offset: number, length: number, _reqOne: boolean, out: Uint32Array): number {
-    out[0] = Math.min(length, 0xfffff000);
-    out[1] = 0;
-    return 1;
+  /**
+   * base:allocation extents: pages the cache knows to be zero pages are ZERO (clients may skip
+   * reading them), everything else is data (the file itself is not inspected). Runs of equal
+   * state merge; at most BLOCK_STATUS_MAX_BYTES per reply, or one extent with reqOne.
+   */
+  override blockStatus(offset: number, length: number, reqOne: boolean, out: Uint32Array, maxExtents: number): number {
+    const P = this.pageSize;
+    const img = this.img;
+    const store = this.cache.store;
+    const pool = this.cache.pool;
+    const reqEnd = offset + length;
+    let page = Math.floor(offset / P);
+    const lastPage = Math.min(Math.floor((reqEnd - 1) / P), page + Math.max(1, Math.floor(BLOCK_STATUS_MAX_BYTES / P)) - 1);
+    const stateOf = (p: number): number => (store.peek(pool, img.keyOf(p), p) === 1 ? STATE_ZERO : 0);
+    let n = 0;
+    let runStart = offset;
+    while (page <= lastPage) {
+      const state = stateOf(page);
+      let end = page + 1;
+      while (end <= lastPage && stateOf(end) === state) end++;
+      const stop = Math.min(end * P, reqEnd);
+      out[2 * n] = stop - runStart;
+      out[2 * n + 1] = state;
+      n++;
+      if (end > lastPage || reqOne || n === maxExtents) return n;
+      runStart = stop;
+      page = end;
+    }
+    return n;
   }
 }
 
