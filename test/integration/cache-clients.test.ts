@@ -120,6 +120,11 @@ test('4 cache exports of identical images: contents match, one cached copy, read
     } else {
       t.diagnostic('python3-libnbd missing: unaligned writes not tested');
     }
+    const metrics = await httpGet(s.http!, '/metrics');
+    assert.match(metrics, /zdedup_export_cache_file_read_bytes_total\{export="a"\} [1-9]\d*/);
+    assert.match(metrics, /zdedup_export_cache_file_reads_total\{export="d"\} 0/);
+    assert.match(metrics, /zdedup_ephemeral_hits_total [1-9]\d*/);
+    assert.match(metrics, /zdedup_ephemeral_pages [1-9]\d*/);
     const end = await stats(s);
     assert.ok(cacheOf(end, 'b').file_write_bytes > 0 || !hasPythonNbd());
     t.diagnostic(`end: ${JSON.stringify(end.store)}`);

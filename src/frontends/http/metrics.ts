@@ -8,7 +8,8 @@
  *   latency       zdedup_nbd_request_duration_seconds{kind="read_ram|read_tier|write|other"},
  *                 a histogram, when the server reports one
  *   exports       zdedup_export_size_bytes{export}, zdedup_export_pages{export,kind="data|zero|hole"},
- *                 zdedup_export_pool_bytes{export}, zdedup_export_max_pool_bytes{export}
+ *                 zdedup_export_pool_bytes{export}, zdedup_export_max_pool_bytes{export},
+ *                 cache exports: zdedup_export_cache_<counter>_total{export}
  *   process       prom-client's default process and Node metrics under zdedup_
  *
  * One /stats snapshot is taken per scrape and every family reads that same snapshot, so a scrape
@@ -23,6 +24,16 @@ import {
   NBD_LABELLED_TOTALS, cumulative, isPlainName, latencyOf, nbdHelp, promNbdName, promStoreName,
   storeHelp, storeStatKind, type LatencyJson,
 } from './stat-model.js';
+
+/** Per cache export (--export NAME:cache=PATH): its counters, as zdedup_export_cache_<name>_total{export}. */
+const CACHE_COUNTERS = [
+  ['file_reads', 'Reads of the cache export\'s image file (runs of pages the cache missed)'],
+  ['file_read_bytes', 'Bytes read from the cache export\'s image file to serve reads'],
+  ['file_write_bytes', 'Bytes written to the cache export\'s image file'],
+  ['cache_hit_pages', 'Pages of reads served from the cache'],
+  ['cache_miss_pages', 'Pages of reads the cache missed (read from the file, then cached)'],
+  ['scan_bytes', 'Bytes read by the identity scan (images of equal size, once)'],
+] as const;
 
 export class StatsMetrics {
   readonly registry = new Registry();
@@ -79,6 +90,11 @@ export class StatsMetrics {
       for (const kind of ['data', 'zero', 'hole'] as const) {
         const n = e[`${kind}_pages`];
         if (typeof n === 'number') setValue(pages, n, { export: e.name, kind });
+      }
+      if (e.cache !== undefined) {
+        for (const [k, help] of CACHE_COUNTERS) {
+          setValue(this.labelled(`zdedup_export_cache_${k}_total`, help, 'counter', ['export']), e.cache[k], { export: e.name });
+        }
       }
     }
   }
