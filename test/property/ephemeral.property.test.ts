@@ -10,6 +10,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PageStore, type AreaId, type PoolId, type PageStoreOptions } from '../../src/core/page-store.js';
 import { KINDS, makePage, type Kind } from '../helpers/pages.js';
 
@@ -135,6 +138,21 @@ test('ephemeral pools under pressure and forced fingerprint collisions: a get re
     run({ arenaBytes: 64 << 10, maxPoolBytes: 64 << 10, sharedDedup, ...(collide ? { fingerprint: () => 42n } : {}) }, ops, false);
   }), { numRuns: 150 });
   assert.ok(seen.evicted > 0, 'the pressure runs evicted ephemeral pages');
+});
+
+test('ephemeral pools beside a disk tier (objects shared with slots that went to the tier): get returns the last put or misses', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'zdedup-eph-prop-'));
+  try {
+    fc.assert(fc.property(fc.array(opArb, { minLength: 20, maxLength: 150, size: 'max' }), (ops) => {
+      rmSync(join(dir, 'b.img'), { force: true });
+      run({
+        arenaBytes: 64 << 10, maxPoolBytes: 64 << 10, sharedDedup: true, background: false,
+        backing: { path: join(dir, 'b.img'), size: 4096 + 32 * (32 << 10), segmentSize: 32 << 10 },
+      }, ops, false);
+    }), { numRuns: 60 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('ephemeral API validates pools, keys and indexes at the edge', () => {
