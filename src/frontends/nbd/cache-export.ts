@@ -30,6 +30,8 @@
  * ran (a per-image epoch), and a write puts what it wrote only when no other write to the image
  * overlapped it; otherwise the pages are left uncached, never stale.
  *
+ * An image is a regular file or a block device (its size from sysfs).
+ *
  * Known limits: the file must not be changed by anyone else while it is exported (the cache
  * would not know). Raw images only. The identity scan reads each same-size image once at start.
  * The cache is bounded by --max-pool like everything else (unbounded without it).
@@ -37,6 +39,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import type { PageStore, PoolId } from '../../core/page-store.js';
+import { deviceOrFileSize } from '../../engine/device.js';
 import { ZdedupError } from '../../errors.js';
 import { dropCached } from '../../tiers/disk/aligned.js';
 import type { Logger } from '../log.js';
@@ -126,10 +129,8 @@ export class CacheExports {
     } catch (e) {
       throw new ZdedupError('ERR_IO', `--export "${spec.name}": cannot open cache image ${path}: ${(e as Error).message}`, { cause: e });
     }
-    if (!st.isFile()) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${spec.name}": cache image ${path} is not a regular file`);
-    if (st.size === 0) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${spec.name}": cache image ${path} is empty`);
-    if (Math.ceil(st.size / this.pageSize) > 2 ** 32) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${spec.name}": cache image ${path} has more than 2^32 pages`);
-    const id = `${st.dev}:${st.ino}`;
+    if (!st.isFile() && !st.isBlockDevice()) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${spec.name}": cache image ${path} is not a regular file or block device`);
+    const id = st.isBlockDevice() ? `b${st.rdev}` : `${st.dev}:${st.ino}`;
     let img = this.images.get(id);
     const readOnly = spec.readOnly === true;
     if (img !== undefined && img.readOnly && !readOnly) {
@@ -143,16 +144,22 @@ export class CacheExports {
       } catch (e) {
         throw new ZdedupError('ERR_IO', `--export "${spec.name}": cannot open cache image ${path}: ${(e as Error).message}`, { cause: e });
       }
-      img = new CacheImage(path, fd, st.size, Math.ceil(st.size / this.pageSize), this.images.size);
+      const size = deviceOrFileSize(fd);
+      const bad = size === 0 ? 'is empty (or its size is unknown)' : Math.ceil(size / this.pageSize) > 2 ** 32 ? 'has more than 2^32 pages' : null;
+      if (bad !== null) {
+        fs.closeSync(fd);
+        throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${spec.name}": cache image ${path} ${bad}`);
+      }
+      img = new CacheImage(path, fd, size, Math.ceil(size / this.pageSize), this.images.size);
       img.readOnly = readOnly;
       this.images.set(id, img);
-      const same = this.bySize.get(st.size) ?? [];
+      const same = this.bySize.get(img.size) ?? [];
       same.push(img);
-      this.bySize.set(st.size, same);
+      this.bySize.set(img.size, same);
       // Only images with a peer of the same size can be identical: scan those (the first too, once a peer appears).
       if (same.length >= 2) for (const s of same) if (s.scan === 'none') { s.scan = 'queued'; this.scanQueue.push(s); }
     }
-    spec.size = st.size;
+    spec.size = img.size;
     return new CacheExport(this, img, spec);
   }
 
