@@ -149,8 +149,8 @@ async function runZdedup(images: string[], bytes: number): Promise<Run> {
     await waitListening(socket, child, log, 400);
     // Wait for the identity scan (only images of equal size are scanned).
     for (;;) {
-      const d = await stats(http);
-      if (d.exports.every((e) => e.cache !== undefined && e.cache.identity !== 'queued' && e.cache.identity !== 'scanning')) break;
+      const d = await stats(http).catch(() => null); // /stats starts listening just after NBD
+      if (d !== null && d.exports.every((e) => e.cache !== undefined && e.cache.identity !== 'queued' && e.cache.identity !== 'scanning')) break;
       await sleep(100);
     }
     if (n > 1) run.scan_seconds = (Date.now() - t0) / 1000;

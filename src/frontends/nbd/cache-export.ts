@@ -41,7 +41,7 @@ import * as fs from 'node:fs';
 import type { PageStore, PoolId } from '../../core/page-store.js';
 import { deviceOrFileSize } from '../../engine/device.js';
 import { ZdedupError } from '../../errors.js';
-import { dropCached } from '../../tiers/disk/aligned.js';
+import { alignedBuffer, dropCached } from '../../tiers/disk/aligned.js';
 import type { Logger } from '../log.js';
 import { NbdExport, type ExportSpec } from './export.js';
 import { BLOCK_STATUS_MAX_BYTES, ERRNO, STATE_ZERO, type WireErrno } from './protocol.js';
@@ -78,7 +78,12 @@ class CacheImage {
   missPages = 0;
   scanBytes = 0;
 
-  constructor(readonly path: string, readonly fd: number, readonly size: number, readonly pages: number, n: number) {
+  /**
+   * fd: writes (O_DSYNC). rfd: reads of missed pages and the scan — O_DIRECT where the filesystem
+   * allows it (the cache holds what was read; the kernel's page cache should not hold it too),
+   * else fd (then each range read is dropped from the page cache after).
+   */
+  constructor(readonly path: string, readonly fd: number, readonly rfd: number, readonly size: number, readonly pages: number, n: number) {
     this.ownKey = n;
     this.key = n;
   }
@@ -150,7 +155,13 @@ export class CacheExports {
         fs.closeSync(fd);
         throw new ZdedupError('ERR_INVALID_ARGUMENT', `--export "${spec.name}": cache image ${path} ${bad}`);
       }
-      img = new CacheImage(path, fd, size, Math.ceil(size / this.pageSize), this.images.size);
+      let rfd = fd;
+      try {
+        rfd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+      } catch {
+        // tmpfs and some FUSE filesystems refuse O_DIRECT: buffered reads, dropped after
+      }
+      img = new CacheImage(path, fd, rfd, size, Math.ceil(size / this.pageSize), this.images.size);
       img.readOnly = readOnly;
       this.images.set(id, img);
       const same = this.bySize.get(img.size) ?? [];
@@ -173,6 +184,7 @@ export class CacheExports {
     await this.scan; // stops at its next chunk
     for (const img of this.images.values()) {
       try { fs.closeSync(img.fd); } catch { /* already closed */ }
+      if (img.rfd !== img.fd) try { fs.closeSync(img.rfd); } catch { /* already closed */ }
     }
   }
 
@@ -184,10 +196,9 @@ export class CacheExports {
     else this.reads++;
     try {
       if (this.closed) throw new ZdedupError('ERR_CLOSED', 'server is closing');
-      const n = await readAll(img.fd, buf, pos);
+      const n = await readImage(img, buf, pos);
       img.fileReads++;
       img.fileReadBytes += n;
-      dropCached(img.fd, pos, buf.length); // the cache holds it now: not the kernel's page cache too
       return n;
     } finally {
       const next = this.readQueue.shift();
@@ -213,13 +224,12 @@ export class CacheExports {
     img.scan = 'scanning';
     const epoch = img.epoch;
     const h = createHash('sha256');
-    const buf = Buffer.allocUnsafe(SCAN_CHUNK);
+    const buf = alignedBuffer(SCAN_CHUNK);
     try {
       for (let pos = 0; pos < img.size && !this.closed; pos += SCAN_CHUNK) {
         const want = Math.min(SCAN_CHUNK, img.size - pos);
-        const n = await readAll(img.fd, buf.subarray(0, want), pos);
-        if (n !== want) throw new Error(`short read at ${pos}`);
-        dropCached(img.fd, pos, want);
+        const n = await readImage(img, buf, pos, true); // buf is an alignedBuffer
+        if (n < want) throw new Error(`short read at ${pos}`);
         img.scanBytes += n;
         h.update(buf.subarray(0, n));
       }
@@ -246,6 +256,29 @@ export class CacheExports {
     this.store.flushObject(this.pool, img.ownKey);
     this.log.info('cache image identity', { path: img.path, group: g - GROUP_KEY_BASE, sha256: digest.slice(digest.indexOf(':') + 1) });
   }
+}
+
+/**
+ * Reads image bytes [pos, pos + buf.length) into buf (pos and length multiples of 4096); returns
+ * the bytes read (fewer only at the end of the image). With O_DIRECT through an aligned bounce
+ * buffer (one per run of misses; `bufAligned`: buf is one already, from alignedBuffer), else
+ * buffered and then dropped from the page cache.
+ */
+async function readImage(img: CacheImage, buf: Uint8Array, pos: number, bufAligned = false): Promise<number> {
+  if (img.rfd === img.fd) {
+    const n = await readAll(img.fd, buf, pos);
+    dropCached(img.fd, pos, buf.length);
+    return n;
+  }
+  const b = bufAligned ? buf : alignedBuffer(buf.length);
+  const n = await new Promise<number>((resolve, reject) => {
+    // One read: O_DIRECT reads of a regular file or block device are short only at its end.
+    fs.read(img.rfd, b, 0, b.length, pos, (err, k) => {
+      if (err) reject(new ZdedupError('ERR_IO', `read of cache image failed: ${err.message}`, { cause: err })); else resolve(k);
+    });
+  });
+  if (b !== buf) buf.set(b.subarray(0, n));
+  return n;
 }
 
 /** pread until `buf` is full or the file ends; returns the bytes read. */
