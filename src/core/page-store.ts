@@ -399,15 +399,16 @@ export class PageStore {
   }
 
   /**
-   * Copies the page cached under (key, index) into `into` (>= pageSize bytes): 'hit', or 'miss'
-   * with `into` untouched. Never blocks: a page whose object has gone to the tier (shared with a
+   * Copies the page cached under (key, index) into `into` at byte `at` (default 0; into needs
+   * at + pageSize bytes): 'hit', or 'miss' with `into` untouched. Never blocks: a page whose object has gone to the tier (shared with a
    * persistent slot) or fails its checks is dropped and misses — the truth lives elsewhere.
    */
-  get(pool: PoolId, key: number | bigint, index: number, into: Uint8Array): LoadResult {
+  get(pool: PoolId, key: number | bigint, index: number, into: Uint8Array, at = 0): LoadResult {
     this.checkPool(pool);
     const khi = keyHi(key), klo = keyLo(key);
     this.checkPoolIndex(index);
-    this.checkInto(into, this.pageSize);
+    checkUint('at', at);
+    this.checkInto(into, at + this.pageSize);
     const t = this.eph!;
     const c = this.c;
     const e = t.find(pool, khi, klo, index);
@@ -415,7 +416,7 @@ export class PageStore {
     const calls = c.load_calls, hits = c.load_hits; // loadOne counts slot loads; this is not one
     let r = L_MISS;
     try {
-      r = this.loadOne(t.value(e), into, 0, false);
+      r = this.loadOne(t.value(e), into, at, false);
     } catch (err) {
       if (!(err instanceof ZdedupError) || err.code !== 'ERR_DECOMPRESS') throw err;
       // counted in decompress_fail; not data: dropped, and the caller reads the truth

@@ -185,6 +185,10 @@ test('ephemeral entries share objects with persistent slots and with each other 
   assert.equal(s.unique_objects, 1, 'one object for a slot and four entries');
   assert.equal(s.ephemeral_pages, 4);
   assert.equal(s.duplicate_pages, 4);
+  const wide = Buffer.alloc(3 * 4096, 0xee);
+  assert.equal(store.get(p, 2, 7, wide, 4096), 'hit', 'get at a byte offset of a larger buffer');
+  assert.ok(wide.subarray(4096, 8192).equals(page) && wide[0] === 0xee && wide[8192] === 0xee);
+  assert.throws(() => store.get(p, 2, 7, wide, 2 * 4096 + 1), { code: 'ERR_PAGE_LENGTH' });
   store.flushPool(p);
   s = store.stats();
   assert.equal(s.unique_objects, 1, 'flushing the entries keeps the slot\'s object');

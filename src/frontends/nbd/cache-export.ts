@@ -346,7 +346,7 @@ export class CacheExport extends NbdExport {
       if (p < last) {
         const from = p * P;
         if (from >= offset && from + P <= end) {
-          hit = store.get(pool, img.keyOf(p), p, dst.subarray(from - offset, from - offset + P)) === 'hit';
+          hit = store.get(pool, img.keyOf(p), p, dst, from - offset) === 'hit';
         } else if (store.get(pool, img.keyOf(p), p, this.page) === 'hit') {
           hit = true;
           copyPart(this.page, from, dst, offset);
