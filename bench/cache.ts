@@ -77,8 +77,16 @@ function timedRead(uri: string, bytes: number, out = 'null:'): number {
 
 interface StatsDoc { store: Record<string, number>; exports: { name: string; cache?: { identity: string; file_read_bytes: number } }[] }
 async function stats(http: string): Promise<StatsDoc> {
-  const r = await fetch(`http://${http}/stats`, { signal: AbortSignal.timeout(5000) });
-  return (await r.json()) as StatsDoc;
+  // A kept-alive socket the server closed while a long read ran fails once ("fetch failed"): retry.
+  for (let i = 0; ; i++) {
+    try {
+      const r = await fetch(`http://${http}/stats`, { signal: AbortSignal.timeout(5000) });
+      return (await r.json()) as StatsDoc;
+    } catch (e) {
+      if (i >= 3) throw e;
+      await sleep(50);
+    }
+  }
 }
 
 function makeImage(): { image: string; bytes: number } {
@@ -149,7 +157,7 @@ async function runZdedup(images: string[], bytes: number): Promise<Run> {
     await waitListening(socket, child, log, 400);
     // Wait for the identity scan (only images of equal size are scanned).
     for (;;) {
-      const d = await stats(http).catch(() => null); // /stats starts listening just after NBD
+      const d = await stats(http).catch(() => null); // /stats starts listening just after NBD: keep asking
       if (d !== null && d.exports.every((e) => e.cache !== undefined && e.cache.identity !== 'queued' && e.cache.identity !== 'scanning')) break;
       await sleep(100);
     }
