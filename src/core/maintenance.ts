@@ -9,6 +9,8 @@
  *                           │                             evict ~256 KiB from the LRU tail, or
  *                           │                             compact when evictions left holes
  *                           │ 2. tier short of free segments?  clean the best segment
+ *                           │ 2b. cold tier: garbage in cold segments? clean one;
+ *                           │     idle RAM objects? recompress one batch of groups (cold.ts)
  *                           │ 3. pool sparse after frees?      one compaction step
  *                           └─ nothing to do ──▶ idle until the next kick or tick
  *
@@ -139,8 +141,13 @@ export class Maintenance {
     } while (this.again && !this.stopped);
   }
 
-  /** True when work must not wait: stores are bypassing RAM or free segments are running out. */
+  /**
+   * True when work must not wait: stores are bypassing RAM or free segments are running out — or
+   * a cold pass is under way (each step is ~1-3 ms of zstd; 200 ms gaps would stretch a pass over
+   * a large store to minutes while the pool holds the hot copies).
+   */
   private urgent(): boolean {
+    if (this.stepKind === 'cold-pass' || this.stepKind === 'cold-clean') return true;
     const tier = this.tier;
     return tier !== null && (this.store.poolOverTarget() || tier.needsCleaning());
   }
@@ -162,8 +169,14 @@ export class Maintenance {
     const s = this.store;
     const tier = this.tier;
     try {
-      // 1. Writeback.
+      // 1. Writeback: cold groups first (colder than anything in the LRU), then the LRU tail.
       if (tier !== null && s.poolOverTarget()) {
+        if (s.coldObjects() > 0) {
+          this.stepKind = 'writeback-cold';
+          const r = s.evictCold(EVICT_STEP_BYTES);
+          if (r === 'done') { this.recovered(); return true; }
+          if (r !== 'empty') return this.writebackBlocked(r);
+        }
         if (s.poolObjectBytes() <= s.poolTargetBytes() * 0.95) {
           this.stepKind = 'writeback-compact';
           const r = s.compact(COMPACT_STEP_OBJECTS);
@@ -178,22 +191,16 @@ export class Maintenance {
         this.stepKind = 'writeback';
         const r = s.evictOldest(EVICT_STEP_BYTES);
         if (r === 'done') { this.recovered(); return true; }
-        if (r === 'busy') {
-          if (tier.needsCleaning() && await this.cleanOne()) return true;
-          let t: NodeJS.Timeout | undefined;
-          await Promise.race([tier.whenWritable(), new Promise<void>((res) => { t = setTimeout(res, BUSY_WAIT_MS); t.unref(); })]);
-          clearTimeout(t);
-          return !this.stopped;
-        }
-        if (r === 'full' || r === 'failed') {
-          if (tier.needsCleaning() && await this.cleanOne()) return true;
-          this.stall(r === 'full' ? 'disk tier full' : 'disk tier failing');
-          return false;
-        }
+        if (r !== 'empty') return this.writebackBlocked(r);
         // 'empty': nothing left in RAM to write; fall through to compaction.
       }
       // 2. Cleaning.
       if (tier !== null && tier.needsCleaning() && await this.cleanOne()) return true;
+      // 2b. The cold tier: reclaim garbage in cold segments, then recompress idle objects in groups.
+      this.stepKind = 'cold-clean';
+      if (s.coldCleanStep()) return true;
+      this.stepKind = 'cold-pass';
+      if (s.coldPassStep()) return true;
       // 3. Compaction.
       this.stepKind = 'compact';
       const c = s.maybeCompact(undefined, undefined, COMPACT_STEP_OBJECTS);
@@ -206,6 +213,21 @@ export class Maintenance {
       this.events('error', 'maintenance step failed', { cause: e });
       return false;
     }
+  }
+
+  /** A writeback step that could not write: wait for the tier, or clean, or report the stall. */
+  private async writebackBlocked(r: 'busy' | 'full' | 'failed'): Promise<boolean> {
+    const tier = this.tier!;
+    if (r === 'busy') {
+      if (tier.needsCleaning() && await this.cleanOne()) return true;
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([tier.whenWritable(), new Promise<void>((res) => { t = setTimeout(res, BUSY_WAIT_MS); t.unref(); })]);
+      clearTimeout(t);
+      return !this.stopped;
+    }
+    if (tier.needsCleaning() && await this.cleanOne()) return true;
+    this.stall(r === 'full' ? 'disk tier full' : 'disk tier failing');
+    return false;
   }
 
   private async cleanOne(): Promise<boolean> {

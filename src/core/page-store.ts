@@ -48,8 +48,9 @@ import { DiskTier, type DiskTierOptions } from '../tiers/disk/disk-tier.js';
 import { CODEC_LZ4, CODEC_RAW, CODEC_ZSTD } from '../tiers/disk/format.js';
 import { NO_TIER_STATS, type AppendResult, type CleaningOwner, type Liveness, type Tier } from '../tiers/tier.js';
 import { EphemeralTable } from './ephemeral.js';
+import { ColdTier, NO_COLD_STATS, parseColdOptions, type ColdConfig } from './cold.js';
 import { Maintenance, type MaintenanceEvents } from './maintenance.js';
-import { IN_RAM, IN_TIER, REFERENCED, ObjectTable, type ObjectId } from './objects.js';
+import { IN_COLD, IN_RAM, IN_TIER, REFERENCED, ObjectTable, type ObjectId } from './objects.js';
 import type { PageStoreStats } from './stats.js';
 
 export type { PageStoreStats } from './stats.js';
@@ -97,6 +98,8 @@ export interface PageStoreOptions {
   events?: MaintenanceEvents;
   /** Replaces the fingerprint function (tests force collisions with it). */
   fingerprint?: FingerprintFn;
+  /** The cold tier: idle objects recompressed in groups into RAM segments (see cold.ts). Off by default. */
+  cold?: ColdConfig;
   /** Bytes per pool arena (default 1 MiB). Tests use small arenas (>= 16 pages) so a pool of a few
    *  zspages can be limited and writeback runs on almost every step. */
   arenaBytes?: number;
@@ -192,6 +195,10 @@ export class PageStore {
   private readonly codecId: number;
   private readonly acceptBytes: number;
   private readonly maintenance: Maintenance;
+  /** The cold tier, or null (off: no columns, no work). */
+  private readonly cold: ColdTier | null;
+  private readonly coldIds: Uint32Array;
+  private readonly coldIdx: Uint8Array;
   /** zswap's "pool reached full": set when an allocation hits the limit, cleared below acceptBytes. */
   private poolFull = false;
   /** Sum of stored lengths of objects held in RAM. */
@@ -271,7 +278,9 @@ export class PageStore {
     this.fp = new Fingerprinter(opts.fingerprint ?? xxh3Fingerprint());
     this.pool = new ZsPool(ps, opts.maxPoolBytes ?? 0, opts.arenaBytes !== undefined ? Math.floor(opts.arenaBytes / ps) : undefined);
     this.acceptBytes = Math.floor((this.pool.maxBytes * accept) / 100);
-    this.objects = new ObjectTable(ps, (cap) => this.pool.ensureIds(cap), opts.tier !== undefined || opts.backing !== undefined);
+    const coldOpts = opts.cold !== undefined ? parseColdOptions(opts.cold) : null;
+    this.objects = new ObjectTable(ps, (cap) => { this.pool.ensureIds(cap); this.cold?.ensureIds(cap); },
+      opts.tier !== undefined || opts.backing !== undefined || coldOpts !== null);
     this.keys = this.objects.keys;
     this.scratch = Buffer.alloc(ps * 2);
     this.tierScratch = Buffer.alloc(ps);
@@ -282,7 +291,10 @@ export class PageStore {
     if (opts.tier !== undefined && opts.backing !== undefined) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'give either tier or backing, not both');
     this.tier = opts.tier ?? (opts.backing !== undefined ? new DiskTier({ ...opts.backing, pageSize: ps, events }) : null);
     if (this.writethrough && this.tier === null) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'writethrough needs a tier (a backing file or device)');
-    this.maintenance = new Maintenance(this, this.tier, events, opts.background ?? this.tier !== null);
+    this.cold = coldOpts !== null ? new ColdTier(coldOpts, ps, this.objects, this.pool, this.codec, { dropRam: (id, len) => this.dropRam(id, len) }) : null;
+    this.coldIds = new Uint32Array(coldOpts?.groupPages ?? 0);
+    this.coldIdx = new Uint8Array(coldOpts?.groupPages ?? 0);
+    this.maintenance = new Maintenance(this, this.tier, events, opts.background ?? (this.tier !== null || this.cold !== null));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -712,7 +724,7 @@ export class PageStore {
     const v = slots[offset]!;
     if (v === 0 || (v & SAME) !== 0) return false;
     const id = v - 1;
-    if ((this.objects.flags[id]! & IN_RAM) !== 0) return false;
+    if ((this.objects.flags[id]! & (IN_RAM | IN_COLD)) !== 0) return false;
     return !this.tier!.locateBuffered(this.objects.w0[id]!, this.objects.w1[id]!);
   }
 
@@ -841,7 +853,7 @@ export class PageStore {
       slot_map_reserved_bytes: this.slotMapReservedBytes(),
       compression_ratio: c.compressed_bytes > 0 ? (c.unique_objects * P) / c.compressed_bytes : 1,
       dedup_ratio: c.unique_objects > 0 ? dedupSlots / c.unique_objects : 1,
-      effective_ratio: (c.stored_pages * P) / (pool + meta),
+      effective_ratio: (c.stored_pages * P) / (pool + (this.cold?.bytes() ?? 0) + meta),
       reject_alloc_fail: c.reject_alloc_fail,
       pool_limit_hit: c.pool_limit_hit,
       reject_reclaim_fail: c.reject_reclaim_fail,
@@ -863,6 +875,7 @@ export class PageStore {
       ephemeral_flushed_pages: c.ephemeral_flushed_pages,
       disk_objects: this.tierObjects,
       ...t,
+      ...(this.cold?.stats() ?? NO_COLD_STATS),
       store_calls: c.store_calls,
       load_calls: c.load_calls,
       load_hits: c.load_hits,
@@ -882,7 +895,7 @@ export class PageStore {
    * table, indexes, word table, pool bookkeeping. slotMapReservedBytes() is the slot maps' full size.
    */
   metadataBytes(): number {
-    let b = this.objects.bytes() + this.words.bytes() + this.pool.metadataBytes() + (this.eph?.bytes() ?? 0);
+    let b = this.objects.bytes() + this.words.bytes() + this.pool.metadataBytes() + (this.eph?.bytes() ?? 0) + (this.cold?.metadataBytes() ?? 0);
     for (let a = 0; a < this.slotMaps.length; a++) {
       const m = this.slotMaps[a];
       if (!m) continue;
@@ -1014,6 +1027,7 @@ export class PageStore {
       c.dedup_hits++;
       const f = this.objects.flags[id]!;
       if ((f & IN_RAM) !== 0) this.objects.flags[id] = f | REFERENCED; // shared again: a use, like a load
+      this.cold?.touch(id);
       if (keep === id + 1) return keep;
       this.objects.incRef(id);
       return id + 1;
@@ -1088,6 +1102,7 @@ export class PageStore {
         o.lruPushHead(id);
         this.ramBytes += len;
         if (o.owner !== null) this.areaRam[area]! += len;
+        this.cold?.touch(id);
         if (this.writethrough && !this.ramOnly && tier!.append(id, lo, hi, codec, bytes, 0, len) === 'ok') {
           o.flags[id] = IN_RAM | IN_TIER;
           o.w0[id] = tier!.lastW0;
@@ -1137,6 +1152,9 @@ export class PageStore {
     if ((o.flags[id]! & IN_RAM) !== 0) {
       this.pool.locate(id);
       buf = this.pool.locBuf; off = this.pool.locOff;
+    } else if ((o.flags[id]! & IN_COLD) !== 0) {
+      if (!this.cold!.locate(id)) { this.c.decompress_fail++; return -2; } // damaged group: never share with it
+      return this.cold!.pageBuf.compare(page, 0, P, this.cold!.pageOff, this.cold!.pageOff + P) === 0 ? 1 : 0;
     } else {
       const w0 = o.w0[id]!, w1 = o.w1[id]!;
       const h = this.hints?.get(id);
@@ -1184,10 +1202,12 @@ export class PageStore {
     const f = o.flags[id]!;
     if ((f & IN_RAM) !== 0) {
       o.flags[id] = f | REFERENCED;
+      this.cold?.touch(id);
       this.pool.locate(id);
       this.decode(this.pool.locBuf, this.pool.locOff, len, into, at, o.keys.lo[id]!, o.keys.hi[id]!, true);
       return L_HIT;
     }
+    if ((f & IN_COLD) !== 0) { this.loadCold(id, into, at); return L_HIT; }
     const tier = this.tier!;
     const w0 = o.w0[id]!, w1 = o.w1[id]!;
     if (tier.locateBuffered(w0, w1)) {
@@ -1325,6 +1345,7 @@ export class PageStore {
     const f = o.flags[id]!;
     if ((f & IN_RAM) !== 0) this.dropRam(id, len);
     if ((f & IN_TIER) !== 0) { this.tier!.release(o.w0[id]!, o.w1[id]!, len); this.tierObjects--; }
+    if ((f & IN_COLD) !== 0) this.cold!.release(id);
     this.c.unique_objects--;
     this.c.compressed_bytes -= len;
     if (len === this.pageSize) this.c.stored_incompressible_pages--;
@@ -1364,7 +1385,7 @@ export class PageStore {
   /** Pool bytes above which the writer works (the limit while refusing, else the accept threshold). */
   poolOverTarget(): boolean {
     if (this.pool.maxBytes === 0 || this.tier === null) return false;
-    const size = this.pool.totalSize();
+    const size = this.pool.totalSize() + (this.cold?.bytes() ?? 0); // cold segments are RAM too
     if (this.poolFull && size <= this.acceptBytes) this.poolFull = false;
     return this.poolFull || size > this.acceptBytes;
   }
@@ -1456,6 +1477,86 @@ export class PageStore {
       id = newer;
     }
     return freed;
+  }
+
+  // ---- the cold tier (policy in maintenance.ts; storage in cold.ts) ----------------------------
+
+  /** Serves a load of cold object `id` from its group; may promote it (cold.ts: second load). */
+  private loadCold(id: number, into: Uint8Array, at: number): void {
+    const cold = this.cold!;
+    const o = this.objects;
+    if (!cold.locate(id)) {
+      this.c.decompress_fail++;
+      throw new ZdedupError('ERR_DECOMPRESS', 'cold group failed to decompress: corrupt');
+    }
+    this.decode(cold.pageBuf, cold.pageOff, this.pageSize, into, at, o.keys.lo[id]!, o.keys.hi[id]!, true);
+    const room = !this.poolFull && (this.pool.maxBytes === 0 || this.pool.totalSize() < this.acceptBytes) && o.owner === null;
+    if (!cold.loaded(id, room)) return;
+    const P = this.pageSize;
+    const page = cold.pageBuf.subarray(cold.pageOff, cold.pageOff + P);
+    const len = this.codec.compress(page, P, this.scratch, this.incompressibleCap);
+    if (len !== o.lens[id] || this.pool.alloc(id, len) !== 'ok') return; // stays cold
+    this.pool.locate(id);
+    this.pool.locBuf.set(this.scratch.subarray(0, len), this.pool.locOff);
+    cold.promoted(id);
+    o.flags[id] = IN_RAM;
+    o.lruPushHead(id);
+    this.ramBytes += len;
+    cold.touch(id);
+  }
+
+  /** One bounded step of the cold pass; false when nothing was idle enough (see ColdTier.passStep). */
+  coldPassStep(): boolean {
+    return this.cold !== null && this.cold.passStep();
+  }
+
+  /** One cold-segment cleaning step when garbage is worth it; false when none was needed. */
+  coldCleanStep(): boolean {
+    return this.cold !== null && this.cold.needsCleaning() && this.cold.cleanStep();
+  }
+
+  /** Live objects in cold groups. */
+  coldObjects(): number {
+    return this.cold?.stats().cold_objects ?? 0;
+  }
+
+  /**
+   * Writeback of cold objects, oldest segment first: each live member of the oldest group is
+   * recompressed with the store's codec and appended to the tier (the disk tier holds objects
+   * one by one, so a load from disk never reads a whole group). Same outcomes as evictOldest.
+   */
+  evictCold(budgetBytes: number): 'done' | 'empty' | 'busy' | 'full' | 'failed' {
+    const cold = this.cold;
+    const tier = this.tier;
+    if (cold === null || tier === null) return 'empty';
+    const o = this.objects;
+    const P = this.pageSize;
+    let freed = 0;
+    while (freed < budgetBytes) {
+      const n = cold.oldestGroup(this.coldIds, this.coldIdx);
+      if (n === 0) return 'empty';
+      if (n < 0) continue; // damaged: its segment is set aside, its pages answer EIO
+      for (let j = 0; j < n; j++) {
+        const id = this.coldIds[j]!;
+        const page = cold.pageBuf.subarray(this.coldIdx[j]! * P, (this.coldIdx[j]! + 1) * P);
+        let len = this.codec.compress(page, P, this.scratch, this.incompressibleCap);
+        const raw = len === 0;
+        if (raw) len = P;
+        const r = tier.append(id, o.keys.lo[id]!, o.keys.hi[id]!, raw ? CODEC_RAW : this.codecId, raw ? page : this.scratch, 0, len);
+        if (r !== 'ok') return r;
+        cold.movedOut(id);
+        o.flags[id] = IN_TIER;
+        o.w0[id] = tier.lastW0;
+        o.w1[id] = tier.lastW1;
+        this.c.compressed_bytes += len - o.lens[id]!;
+        if (raw && o.lens[id] !== P) this.c.stored_incompressible_pages++;
+        o.lens[id] = len;
+        this.tierObjects++;
+        this.c.written_back_pages++;
+        freed += len;
+      }
+    }
+    return 'done';
   }
 
   /** The cleaner's view of the object table (see CleaningOwner). */
@@ -1570,7 +1671,7 @@ export class PageStore {
     for (const [id, n] of refsSeen) {
       if (o.refCount(id) !== n) throw new Error(`object ${id}: refs ${o.refCount(id)} != ${n} slots`);
       const f = o.flags[id]!;
-      if ((f & (IN_RAM | IN_TIER)) === 0) throw new Error(`object ${id} has no location`);
+      if ((f & (IN_RAM | IN_TIER | IN_COLD)) === 0) throw new Error(`object ${id} has no location`);
       if (((f & IN_RAM) !== 0) !== this.pool.isAllocated(id)) throw new Error(`object ${id}: IN_RAM ${(f & IN_RAM) !== 0} but pool allocation ${this.pool.isAllocated(id)}`);
       if ((f & IN_RAM) !== 0) { ram++; ramBytes += o.lens[id]!; }
       if ((f & IN_TIER) !== 0) inTier++;
@@ -1581,13 +1682,15 @@ export class PageStore {
     if (inTier !== this.tierObjects) throw new Error(`tier objects ${this.tierObjects} != ${inTier}`);
     if (bytes !== this.c.compressed_bytes) throw new Error(`compressed_bytes ${this.c.compressed_bytes} != ${bytes}`);
     if (this.tier instanceof DiskTier) this.tier.checkInvariants();
+    this.cold?.checkInvariants();
   }
 
   /** Where the object behind a slot lives (tests): 'ram', 'tier', 'both', or null for none. */
-  locationForTest(area: AreaId, offset: number): 'ram' | 'tier' | 'both' | null {
+  locationForTest(area: AreaId, offset: number): 'ram' | 'tier' | 'both' | 'cold' | null {
     const v = this.slotsOf(area)[offset]!;
     if (v === 0 || v & SAME) return null;
     const f = this.objects.flags[v - 1]!;
+    if ((f & IN_COLD) !== 0) return 'cold';
     return (f & IN_RAM) !== 0 ? ((f & IN_TIER) !== 0 ? 'both' : 'ram') : 'tier';
   }
 
@@ -1602,6 +1705,7 @@ export class PageStore {
       this.pool.locBuf[i]! ^= 0x5a;
       return;
     }
+    if ((this.objects.flags[id]! & IN_COLD) !== 0) { this.cold!.corruptForTest(id); return; }
     this.tier!.corruptForTest!(this.objects.w0[id]!, this.objects.w1[id]!);
   }
 }

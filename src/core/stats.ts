@@ -5,9 +5,10 @@
  */
 
 import type { TierStats } from '../tiers/tier.js';
+import type { ColdStats } from './cold.js';
 
-/** The tier's fields (backing_size, disk_*, write_amplification, cleaned_segments) come from TierStats. */
-export interface PageStoreStats extends TierStats {
+/** The tier's fields (backing_size, disk_*, write_amplification, cleaned_segments) come from TierStats, the cold tier's (cold_*) from ColdStats. */
+export interface PageStoreStats extends TierStats, ColdStats {
   page_size: number;
   /** Live slots holding a page (same-filled included). zswap: stored_pages. */
   stored_pages: number;

@@ -33,6 +33,9 @@ export const STORE_COUNTERS: ReadonlySet<string> = new Set([
   // Ephemeral pools and cache exports:
   'ephemeral_puts', 'ephemeral_put_rejected', 'ephemeral_hits', 'ephemeral_misses', 'ephemeral_evicted_pages',
   'ephemeral_flushed_pages',
+  // The cold tier (src/core/cold.ts):
+  'cold_loads', 'cold_group_decompressions', 'cold_groups_written', 'cold_skipped_pages', 'cold_promoted_pages',
+  'cold_written_back_pages', 'cold_cleaned_segments',
 ]);
 
 /** One line per known stat: what it counts (Prometheus HELP, dashboard tooltips). */
@@ -64,6 +67,17 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   dedup_hits: 'Stores that shared an existing object after a confirmed byte comparison',
   verify_mismatch: 'Fingerprint matches whose bytes differed (hash collisions caught by verify)',
   pages_compacted: 'Objects moved by compaction (zram pages_compacted)',
+  cold_objects: 'Live objects held in cold groups (zstd frames of several pages in RAM segments)',
+  cold_bytes: 'Bytes of cold group frames in RAM segments, live and garbage',
+  cold_pending_pages: 'Compressible RAM objects waiting to go cold (idle time or their pass); 0 when settled',
+  cold_loads: 'Loads served from a cold group',
+  cold_group_decompressions: 'Cold group frames decompressed for loads and dedup checks',
+  cold_groups_written: 'Cold groups written by the cold pass',
+  cold_skipped_pages: 'Objects left hot because zstd of their group did not beat their own compressed bytes',
+  cold_promoted_pages: 'Cold objects brought back into the RAM pool by a second load',
+  cold_written_back_pages: 'Cold objects written back to the disk tier',
+  cold_cleaned_segments: 'Cold segments freed by the cold cleaner',
+  cold_segments: 'Cold segments held in RAM',
   arenas: 'Live 1 MiB arenas in the RAM pool',
   zspages: 'Live zspages in the RAM pool',
   areas: 'Areas (exports) defined in the store',

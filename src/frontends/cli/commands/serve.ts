@@ -23,6 +23,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import type { Command } from 'commander';
+import { DEFAULT_COLD_AFTER_SECONDS, DEFAULT_COLD_GROUP_PAGES, DEFAULT_COLD_CODEC, parseColdOptions } from '../../../core/cold.js';
 import { PageStore } from '../../../core/page-store.js';
 import { ZdedupError, parseSize } from '../../../core/errors.js';
 import { StatsHttpServer, isLoopbackHost } from '../../http/server.js';
@@ -60,6 +61,8 @@ export interface ServeConfig {
   backingOverwrite: boolean;
   /** The remote tier (--remote …), or null. */
   remote: RemoteConfig | null;
+  /** The cold tier (--cold-codec; null: off) with its idle time and group size. */
+  cold: { codec: string; afterSeconds: number; groupPages: number } | null;
   /** Allow --http on a non-loopback address (read-only stats, no authentication), and NBD on one without required TLS. */
   insecure: boolean;
   logLevel: LogLevel;
@@ -92,6 +95,9 @@ interface RawSettings extends RemoteRaw {
   segmentSize?: string;
   writethrough?: boolean;
   backingOverwrite?: boolean;
+  coldCodec?: string;
+  coldAfter?: string;
+  coldGroup?: string;
   insecure?: boolean;
   logLevel?: string;
   stdio?: boolean;
@@ -125,6 +131,9 @@ const ENV: Record<keyof RawSettings, string> = {
   segmentSize: 'ZDEDUP_SEGMENT_SIZE',
   writethrough: 'ZDEDUP_WRITETHROUGH',
   backingOverwrite: 'ZDEDUP_BACKING_OVERWRITE',
+  coldCodec: 'ZDEDUP_COLD_CODEC',
+  coldAfter: 'ZDEDUP_COLD_AFTER',
+  coldGroup: 'ZDEDUP_COLD_GROUP',
   insecure: 'ZDEDUP_INSECURE',
   logLevel: 'ZDEDUP_LOG_LEVEL',
   stdio: 'ZDEDUP_STDIO',
@@ -158,6 +167,9 @@ Examples:
       segments of the backing file (a file or a block device); writes fail only when both are full
   zdedup serve --max-pool 25% --backing /dev/vdb --writethrough
       every new object also goes to the disk at once, so evicting it later costs no write
+  zdedup serve --codec lz4 --cold-codec zstd:9 --cold-after 60 --cold-group 8
+      stores at lz4 speed; pages idle for 60 s are recompressed 8 at a time with zstd-9 into
+      RAM segments (~30% less RAM on process images; a load of one decompresses its group)
   zdedup serve --export swap:8G --export vm:20G --listen 127.0.0.1:10809
       two exports over a unix socket and TCP; nbdinfo --list 'nbd://127.0.0.1' lists them
   zdedup serve --export vm1:cache=/img/vm1.raw --export vm2:cache=/img/vm2.raw --max-pool 4G
@@ -204,6 +216,9 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--backing-overwrite', 'use a --backing that holds other data (by default only zeroes or an earlier zdedup backing are taken)')
     .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)');
   addRemoteOptions(serve)
+    .option('--cold-codec <zstd:LEVEL|off>', `cold tier: objects idle for --cold-after are recompressed with zstd in groups of --cold-group pages, in RAM (default off; ${DEFAULT_COLD_CODEC} when on is the measured choice, see README)`)
+    .option('--cold-after <seconds>', `idle time before an object goes cold (default ${DEFAULT_COLD_AFTER_SECONDS}; 0 = at the next pass)`)
+    .option('--cold-group <n>', `pages compressed together in one cold frame, 1..64 (default ${DEFAULT_COLD_GROUP_PAGES}); a load of a cold page decompresses its group`)
     .option('--insecure', 'allow --http on a non-loopback address (stats and dashboard are read-only and unauthenticated), and NBD --listen on one without --tls=require')
     .option('--socket-mode <mode>', 'permission bits of the unix socket, octal (default 0600: owner only, whatever the umask)')
     .option('--socket-group <group>', 'group of the unix socket (name or gid); use with --socket-mode 0660')
@@ -279,6 +294,7 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
     throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing needs --max-pool: the disk tier takes what does not fit in a bounded RAM pool');
   }
   const remote = resolveRemoteConfig(pick, maxPool);
+  const cold = parseColdSettings(pick('coldCodec'), pick('coldAfter'), pick('coldGroup'));
   const tlsArg = pick('tls');
   if (tlsArg !== undefined && !isTlsMode(tlsArg)) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--tls must be off, on or require, got "${tlsArg}"`);
   const tlsCertificates = pick('tlsCertificates') ?? null;
@@ -332,6 +348,7 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
     writethrough,
     backingOverwrite,
     remote,
+    cold,
     insecure,
     logLevel,
     socketMode: socketModeArg !== undefined ? parseSocketMode(socketModeArg) : 0o600,
@@ -507,6 +524,19 @@ function socketActivationFds(env: NodeJS.ProcessEnv): number {
 // Running
 // ---------------------------------------------------------------------------------------------
 
+/** --cold-codec / --cold-after / --cold-group: null when the cold tier is off. Usage errors are ERR_INVALID_ARGUMENT / ERR_BAD_CODEC. */
+function parseColdSettings(codec: string | undefined, after: string | undefined, group: string | undefined): ServeConfig['cold'] {
+  if (codec === undefined || codec === 'off') {
+    if (after !== undefined || group !== undefined) throw new ZdedupError('ERR_INVALID_ARGUMENT', '--cold-after and --cold-group need --cold-codec zstd:LEVEL');
+    return null;
+  }
+  const afterSeconds = after !== undefined ? Number(after) : DEFAULT_COLD_AFTER_SECONDS;
+  const groupPages = group !== undefined ? Number(group) : DEFAULT_COLD_GROUP_PAGES;
+  if (after !== undefined && (after.trim() === '' || !Number.isFinite(afterSeconds))) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--cold-after must be a number of seconds, got "${after}"`);
+  const o = parseColdOptions({ codec, afterSeconds, groupPages }); // range checks, one place
+  return { codec: `zstd:${o.level}`, afterSeconds: o.afterSeconds, groupPages: o.groupPages };
+}
+
 /** Runs the server until a signal (or, with --stdio, until its one connection ends). Returns the exit code. */
 export async function runServe(cfg: ServeConfig): Promise<number> {
   const log = new Logger(cfg.logLevel);
@@ -517,6 +547,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     pageSize: cfg.pageSize, codec: cfg.codec, sharedDedup: cfg.sharedDedup, maxPoolBytes: cfg.maxPool,
     acceptThresholdPercent: cfg.acceptThreshold, writethrough: cfg.writethrough,
     ...tierOptions(cfg, (level, msg, fields) => log[level](msg, fields)),
+    cold: cfg.cold ?? undefined,
     background: true, // writeback, cleaning and compaction (src/core/maintenance.ts)
     events: (level, msg, fields) => log[level](msg, fields),
   });
@@ -602,6 +633,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     accept_threshold: cfg.acceptThreshold, backing: cfg.backing, backing_size: store.stats().backing_size,
     writethrough: cfg.writethrough, pid: process.pid,
     ...(cfg.remote !== null ? { remote: cfg.remote.url, remote_domain: cfg.remote.domain, remote_placement: cfg.backing !== null ? cfg.remote.placement : null } : {}),
+    ...(cfg.cold !== null ? { cold_codec: cfg.cold.codec, cold_after: cfg.cold.afterSeconds, cold_group: cfg.cold.groupPages } : {}),
     max_connections: cfg.limits.maxConnections, handshake_timeout_ms: cfg.limits.handshakeTimeoutMs,
     idle_timeout_ms: cfg.limits.idleTimeoutMs, max_buffered: cfg.limits.maxBufferedBytes,
     ...(tls !== undefined ? { tls_credentials: tls.kind } : {}),
