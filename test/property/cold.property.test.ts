@@ -72,7 +72,7 @@ for (const tiered of [false, true]) {
             background: false,
             cold: { codec: 'zstd:3', afterSeconds: 0, groupPages: group, segmentBytes: 2048 },
             ...(tiered ? {
-              arenaBytes: 64 << 10, maxPoolBytes: 192 << 10,
+              arenaBytes: 64 << 10, maxPoolBytes: 128 << 10,
               backing: { path: join(dir, `b${runs++}.img`), size: 4096 + 8 * (32 << 10), segmentSize: 32 << 10 },
             } : {}),
           });
