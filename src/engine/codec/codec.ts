@@ -44,9 +44,11 @@ export function parseCodec(spec: string): Codec {
   if (!Number.isSafeInteger(level) || level < z.minLevel || level > z.maxLevel || level === 0) {
     throw new ZdedupError('ERR_BAD_CODEC', `zstd level ${m[2]} out of range (${z.minLevel}..-1 or 1..${z.maxLevel})`);
   }
+  const l = nativeLz4();
   return {
     spec: `zstd:${level}`, name: 'zstd', level,
     compress(src, n, dst, cap) {
+      if (hopeless(l, src, n, dst)) return 0;
       const r = z.compress(dst, cap, src, n, level);
       return r > 0 ? r : 0;
     },
@@ -54,6 +56,34 @@ export function parseCodec(spec: string): Codec {
       return z.decompress(dst, expect, src, len) === expect;
     },
   };
+}
+
+/** Sampled bytes of a page that look random when this many of them are distinct (see hopeless). */
+const SAMPLES = 128;
+const RANDOM_DISTINCT = 88;
+const seen = new Uint32Array(8); // a 256-bit set of byte values
+
+/**
+ * True when lz4 cannot shrink the page at all: zstd is then not tried (the page is stored raw).
+ * Measured on 4 KiB pages here: zstd-3 spends 6-10 µs failing on a random page, a whole-page lz4
+ * 1.5-2 µs (most of it FFI and hash-table setup, so a shorter lz4 probe is no cheaper). So a JS
+ * screen first: 128 bytes sampled across the page; random bytes give ~101 distinct values,
+ * text ~30-50, heaps of structs fewer. Only a page that looks random (>= 88 distinct) is tried
+ * with lz4, and only one lz4 cannot shrink is skipped — a page that merely looks random is
+ * still compressed. Cost: ~0.2 µs on a compressible page, ~2 µs instead of 6-10 on a random one.
+ */
+function hopeless(l: ReturnType<typeof nativeLz4>, src: Uint8Array, n: number, scratch: Uint8Array): boolean {
+  seen.fill(0);
+  let distinct = 0;
+  const stride = (n / SAMPLES) | 0;
+  for (let i = 7; i < n; i += stride) { // offset 7: not always the first (aligned) byte of a word
+    const b = src[i]!;
+    const m = 1 << (b & 31);
+    const w = seen[b >>> 5]!;
+    if ((w & m) === 0) { seen[b >>> 5] = w | m; distinct++; }
+  }
+  if (distinct < RANDOM_DISTINCT) return false;
+  return l.compress(src, scratch, n, n - 1) === 0;
 }
 
 function lz4Codec(): Codec {
