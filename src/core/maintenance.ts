@@ -29,6 +29,7 @@
  */
 import type { Tier } from '../tiers/tier.js';
 import type { PageStore } from './page-store.js';
+import { fullGc } from './reclaim.js';
 
 export type MaintenanceEvents = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown>) => void;
 
@@ -46,6 +47,10 @@ const IDLE_STEP_GAP_MS = 200;
 const SLOW_STEP_MS = 2;
 /** How often the background timer looks for work. */
 const TICK_MS = 1000;
+/** RAM the store gave up (pool arenas, cold segments) that is worth a full GC to unmap (reclaim.ts). */
+const RECLAIM_BYTES = 8 << 20;
+/** At most one reclaiming collection per this interval. */
+const RECLAIM_INTERVAL_MS = 5000;
 /** A writer that found the tier busy waits at most this long before looking again. */
 const BUSY_WAIT_MS = 200;
 
@@ -61,6 +66,10 @@ export class Maintenance {
   private again = false;
   private stopped = false;
   private stalled: string | null = null; // the writeback episode being reported, if any
+  /** Most RAM held (pool + cold segments) since the last reclaiming collection. */
+  private heldPeak = 0;
+  private lastReclaim = 0;
+  private reclaimTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly store: PageStore,
@@ -121,6 +130,7 @@ export class Maintenance {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearTimeout(this.reclaimTimer);
     this.setBackground(false);
     this.timer = undefined;
     if (this.running) await this.running;
@@ -139,6 +149,31 @@ export class Maintenance {
         else await new Promise<void>((r) => { const t = setTimeout(r, IDLE_STEP_GAP_MS); t.unref(); });
       }
     } while (this.again && !this.stopped);
+    this.maybeReclaim();
+  }
+
+  /**
+   * After a run of steps that gave up at least RECLAIM_BYTES of arenas or cold segments: one full
+   * collection, so their memory is unmapped now rather than whenever V8 next collects (reclaim.ts).
+   * At most one per RECLAIM_INTERVAL_MS; a later one is scheduled instead.
+   */
+  private maybeReclaim(): void {
+    const held = this.store.heldBytes();
+    if (this.heldPeak - held < RECLAIM_BYTES || this.reclaimTimer !== undefined || this.stopped) return;
+    const wait = this.lastReclaim + RECLAIM_INTERVAL_MS - Date.now();
+    const run = (): void => {
+      this.reclaimTimer = undefined;
+      this.lastReclaim = Date.now();
+      this.heldPeak = this.store.heldBytes();
+      const gc = fullGc();
+      if (gc === null) return;
+      const t0 = performance.now();
+      gc();
+      this.events('debug', 'freed memory reclaimed', { gc_ms: Math.round((performance.now() - t0) * 10) / 10 });
+    };
+    if (wait <= 0) { run(); return; }
+    this.reclaimTimer = setTimeout(run, wait);
+    this.reclaimTimer.unref();
   }
 
   /**
@@ -155,6 +190,7 @@ export class Maintenance {
   /** One bounded piece of work; returns true when it did something (call again). */
   async step(): Promise<boolean> {
     const t0 = performance.now();
+    this.heldPeak = Math.max(this.heldPeak, this.store.heldBytes());
     this.stepKind = 'idle';
     const did = await this.stepInner();
     const ms = performance.now() - t0;

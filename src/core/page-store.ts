@@ -279,8 +279,9 @@ export class PageStore {
     this.pool = new ZsPool(ps, opts.maxPoolBytes ?? 0, opts.arenaBytes !== undefined ? Math.floor(opts.arenaBytes / ps) : undefined);
     this.acceptBytes = Math.floor((this.pool.maxBytes * accept) / 100);
     const coldOpts = opts.cold !== undefined ? parseColdOptions(opts.cold) : null;
+    // The cold pass finds idle objects by their stamps, not by the LRU list: only a disk tier needs the list.
     this.objects = new ObjectTable(ps, (cap) => { this.pool.ensureIds(cap); this.cold?.ensureIds(cap); },
-      opts.tier !== undefined || opts.backing !== undefined || coldOpts !== null);
+      opts.tier !== undefined || opts.backing !== undefined);
     this.keys = this.objects.keys;
     this.scratch = Buffer.alloc(ps * 2);
     this.tierScratch = Buffer.alloc(ps);
@@ -1393,6 +1394,11 @@ export class PageStore {
   /** Bytes of the pool beyond the objects it holds (free slots in zspages, empty units). */
   poolWaste(): number {
     return this.pool.totalSize() - this.ramBytes;
+  }
+
+  /** RAM the store holds for data: pool arenas and cold segments (what a reclaiming GC watches). */
+  heldBytes(): number {
+    return this.pool.totalSize() + (this.cold?.bytes() ?? 0);
   }
 
   /** Bytes held in RAM by objects (what eviction reduces). */

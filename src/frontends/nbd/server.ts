@@ -29,10 +29,9 @@
 import { chmodSync, chownSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import type { PageStore } from '../../core/page-store.js';
 import { ZdedupError } from '../../core/errors.js';
+import { fullGc } from '../../core/reclaim.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import { ensureSocketDirectory } from '../paths.js';
 import { BufferBudget, DEFAULT_BUDGET, RECLAIM_AFTER } from './budget.js';
@@ -59,24 +58,6 @@ export interface NbdLimits {
 /** After the budget empties: wait this long, and collect at most once per interval. */
 const RECLAIM_DELAY_MS = 200;
 const RECLAIM_INTERVAL_MS = 5000;
-
-let gcFn: (() => void) | null | undefined;
-/**
- * V8's full collection. Node exposes it only under --expose-gc; the flag can be set at run time
- * and the function fetched from a fresh context (V8 installs `gc` in contexts created after the
- * flag is set). Null if that fails.
- */
-function fullGc(): (() => void) | null {
-  if (gcFn === undefined) {
-    try {
-      v8.setFlagsFromString('--expose-gc');
-      gcFn = vm.runInNewContext('gc') as () => void;
-    } catch {
-      gcFn = null;
-    }
-  }
-  return gcFn;
-}
 
 export const DEFAULT_LIMITS: Readonly<NbdLimits> = {
   maxConnections: 64,
