@@ -29,7 +29,7 @@
  */
 import type { Tier } from '../tiers/tier.js';
 import type { PageStore } from './page-store.js';
-import { fullGc } from './reclaim.js';
+import { reclaimMemory } from './reclaim.js';
 
 export type MaintenanceEvents = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown>) => void;
 
@@ -165,11 +165,8 @@ export class Maintenance {
       this.reclaimTimer = undefined;
       this.lastReclaim = Date.now();
       this.heldPeak = this.store.heldBytes();
-      const gc = fullGc();
-      if (gc === null) return;
-      const t0 = performance.now();
-      gc();
-      this.events('debug', 'freed memory reclaimed', { gc_ms: Math.round((performance.now() - t0) * 10) / 10 });
+      const ms = reclaimMemory();
+      if (ms !== null) this.events('debug', 'freed memory reclaimed', { gc_ms: ms });
     };
     if (wait <= 0) { run(); return; }
     this.reclaimTimer = setTimeout(run, wait);

@@ -13,6 +13,7 @@
  */
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import { trimMalloc } from '../engine/codec/native.js';
 
 let gcFn: (() => void) | null | undefined;
 
@@ -27,4 +28,17 @@ export function fullGc(): (() => void) | null {
     }
   }
   return gcFn;
+}
+
+/**
+ * One full collection, then malloc_trim: what the dead buffers held goes back to the OS. Returns
+ * the milliseconds it took, or null when no collection could be had.
+ */
+export function reclaimMemory(): number | null {
+  const gc = fullGc();
+  if (gc === null) return null;
+  const t0 = performance.now();
+  gc();
+  trimMalloc();
+  return Math.round((performance.now() - t0) * 10) / 10;
 }

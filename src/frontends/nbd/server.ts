@@ -31,7 +31,7 @@ import net from 'node:net';
 import { dirname } from 'node:path';
 import type { PageStore } from '../../core/page-store.js';
 import { ZdedupError } from '../../core/errors.js';
-import { fullGc } from '../../core/reclaim.js';
+import { reclaimMemory } from '../../core/reclaim.js';
 import { RateLimitedLog, type Logger } from '../log.js';
 import { ensureSocketDirectory } from '../paths.js';
 import { BufferBudget, DEFAULT_BUDGET, RECLAIM_AFTER } from './budget.js';
@@ -356,11 +356,8 @@ export class NbdServer implements ConnectionHost {
       this.reclaimTimer = undefined;
       if (this.budget.inUse >= RECLAIM_AFTER) return;
       this.lastReclaim = Date.now();
-      const gc = fullGc();
-      if (gc === null) return;
-      const t0 = performance.now();
-      gc();
-      this.log.debug('buffers reclaimed after a burst', { gc_ms: Math.round((performance.now() - t0) * 10) / 10 });
+      const ms = reclaimMemory();
+      if (ms !== null) this.log.debug('buffers reclaimed after a burst', { gc_ms: ms });
     }, wait);
     this.reclaimTimer.unref();
   }
