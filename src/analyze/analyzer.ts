@@ -21,7 +21,8 @@
  * Per-batch counts go into a delta array (one Float64Array, no object per page), then into the
  * current source's stats and, when a reader asked for it, the current mapping's.
  */
-import type { Codec } from '../engine/codec/codec.js';
+import { parseCodec, type Codec } from '../engine/codec/codec.js';
+import { nativeZstd } from '../engine/codec/native.js';
 import { isSameFilled, wordHi, wordLo } from '../engine/codec/same-filled.js';
 import { Fingerprinter128 } from '../engine/dedup/fingerprint128.js';
 import { buildClassTable } from '../engine/alloc/size-class.js';
@@ -75,6 +76,56 @@ export interface AnalyzerOptions {
   batchPages?: number;
   /** Most repeated contents kept with a preview. Default 16. */
   topContents?: number;
+  /** Project the cold tier: lz4 hot, distinct compressible pages zstd-compressed N at a time in scan order (null: off). */
+  cold?: { level: number; groupPages: number } | null;
+}
+
+/**
+ * The cold tier's projection, one shared dedup domain: every distinct page (first in the scan)
+ * that lz4 shrinks goes cold — grouped with the next ones in scan order, N per zstd frame, as the
+ * store's cold pass groups objects in id (store) order; the others stay hot, raw. This is the
+ * settled state: every object idle for --cold-after.
+ */
+export class ColdProjection {
+  /** Distinct pages grouped, and kept hot (lz4 cannot save 1/8: stored raw, never tried with zstd). */
+  groupedPages = 0;
+  hotPages = 0;
+  /** Bytes of zstd frames, and of the hot pages (raw) with their allocator share. */
+  frameBytes = 0;
+  hotAllocBytes = 0;
+  groups = 0;
+  /** ms spent recompressing (zstd of the frames). */
+  ms = 0;
+  private readonly buf: Uint8Array;
+  private readonly out: Uint8Array;
+  private k = 0;
+  private readonly lz4 = parseCodec('lz4');
+  private readonly zstd = nativeZstd();
+
+  constructor(readonly level: number, readonly groupPages: number, private readonly P: number) {
+    this.buf = new Uint8Array(groupPages * P);
+    this.out = new Uint8Array(groupPages * P + ((groupPages * P) >>> 7) + 1024);
+  }
+
+  /** A distinct page of the scan (scratch: >= 2 pages of workspace). */
+  add(page: Uint8Array, scratch: Uint8Array, cap: number, alloc: Float64Array): void {
+    if (this.lz4.compress(page, this.P, scratch, cap) === 0) { this.hotPages++; this.hotAllocBytes += alloc[this.P]!; return; }
+    this.buf.set(page, this.k * this.P);
+    if (++this.k === this.groupPages) this.flush();
+  }
+
+  /** Compresses the pages collected so far as one group (the scan's end writes a partial one). */
+  flush(): void {
+    if (this.k === 0) return;
+    const t0 = performance.now();
+    const n = this.zstd.compress(this.out, this.out.length, this.buf, this.k * this.P, this.level);
+    this.ms += performance.now() - t0;
+    if (n <= 0) throw new Error('zstd failed to compress a group into its bound');
+    this.frameBytes += n;
+    this.groupedPages += this.k;
+    this.groups++;
+    this.k = 0;
+  }
 }
 
 export class Analyzer {
@@ -105,6 +156,8 @@ export class Analyzer {
   private readonly cap: number;
   private source = -1;
   private mapping: Float64Array | null = null;
+  /** The cold tier's projection (totals only), or null. */
+  readonly cold: ColdProjection | null;
 
   constructor(o: AnalyzerOptions) {
     const P = o.pageSize;
@@ -126,6 +179,7 @@ export class Analyzer {
     this.top = new TopContents(o.topContents ?? 16);
     this.timing = new Float64Array(2 + 3 * o.codecs.length);
     this.allocCost = allocatedBytesByLength(P);
+    this.cold = o.cold ? new ColdProjection(o.cold.level, o.cold.groupPages, P) : null;
   }
 
   newStats(): Float64Array { return new Float64Array(this.fields); }
@@ -240,6 +294,12 @@ export class Analyzer {
       d[b + C.INCOMPRESSIBLE] = incompressible;
     }
 
+    // 4. the cold tier: distinct pages (first in the scan) grouped in scan order
+    const cold = this.cold;
+    if (cold !== null && sf < n) {
+      for (let i = 0; i < n; i++) if (kind[i] === K_NEW || kind[i] === K_FULL) cold.add(views[i]!, scratch, cap, alloc);
+    }
+
     const s = this.sourceStats[src]!, m = this.mapping;
     for (let f = 0; f < d.length; f++) s[f]! += d[f]!;
     if (m) for (let f = 0; f < d.length; f++) m[f]! += d[f]!;
@@ -248,9 +308,10 @@ export class Analyzer {
   /**
    * Measures what compressing one same-filled page costs per codec (the zero page, 64 times):
    * the scan compresses each distinct word once, but "compression only" would compress every
-   * such page. Call once after the scan.
+   * such page. Call once after the scan (it also writes the cold projection's last, partial group).
    */
   calibrate(): void {
+    this.cold?.flush();
     const P = this.pageSize, page = new Uint8Array(P);
     for (let k = 0; k < this.codecs.length; k++) {
       const codec = this.codecs[k]!;

@@ -67,6 +67,12 @@ export function renderText(r: Report, maxSources = 20): string {
     })]);
   }
   out.push(table(rows, [false, ...codecs.map(() => true)]));
+  const cold = r.totals.cold;
+  if (cold !== undefined) {
+    out.push(`  cold tier (serve --codec lz4 --cold-codec ${cold.codec} --cold-group ${cold.group_pages}, settled, one dedup domain): ` +
+      `${fmtBytes(cold.total_bytes)} (${cold.saved_percent.toFixed(1)}%), ${int(cold.grouped_pages)} pages in ${int(cold.groups)} groups, ` +
+      `${int(cold.hot_pages)} kept hot; ${(cold.cpu_seconds_per_gib ?? 0).toFixed(3)} CPU s/GiB`);
+  }
   out.push('', 'CPU seconds per GiB of pages (measured on this scan)');
   const cpu: string[][] = [['technique', ...codecs]];
   for (const tq of TECHNIQUES) {

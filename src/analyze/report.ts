@@ -12,12 +12,18 @@
  * Each: data_bytes (sum of stored sizes) + allocator_bytes (size-class rounding and zspage/arena
  * tails of the store's allocator, full zspages assumed) + metadata_bytes (zdedup only:
  * SLOT_METADATA_BYTES per page + OBJECT_METADATA_BYTES per stored object) = total_bytes.
+ *
+ * totals.cold (when the cold tier is projected, the default): the settled state of
+ * `serve --codec lz4 --cold-codec zstd:LEVEL --cold-group N` with one dedup domain — distinct pages
+ * lz4 shrinks are zstd-compressed N at a time in scan order (data_bytes = frames), the rest stay
+ * hot and raw (with their allocator share); metadata adds COLD_OBJECT_METADATA_BYTES per object.
  */
 import { hostname, release } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { Analyzer, C, S, codecBase } from './analyzer.js';
 import { PREVIEW_BYTES } from './tables.js';
 import { SLOT_METADATA_BYTES, OBJECT_METADATA_BYTES } from '../core/page-store.js';
+import { COLD_OBJECT_METADATA_BYTES } from '../core/cold.js';
 
 // The store's own metadata costs, defined beside the structures they measure.
 export { SLOT_METADATA_BYTES, OBJECT_METADATA_BYTES };
@@ -35,6 +41,20 @@ export interface Projection {
   saved_percent: number;
   /** Measured CPU seconds to process 1 GiB of these pages this way (totals only). */
   cpu_seconds_per_gib?: number;
+}
+
+/** The cold tier's projection (totals.cold). */
+export interface ColdReport extends Projection {
+  /** Codec of the group frames, pages per group, and the hot codec that decides what may go cold. */
+  codec: string;
+  group_pages: number;
+  hot_codec: string;
+  /** Distinct pages in groups, and distinct pages kept hot (lz4 cannot save 1/8: never tried with zstd). */
+  grouped_pages: number;
+  hot_pages: number;
+  groups: number;
+  /** Bytes of the zstd frames. */
+  frame_bytes: number;
 }
 
 export interface CodecProjections {
@@ -94,13 +114,17 @@ export interface Report {
   format_version: number;
   generated_at: string;
   host: { hostname: string; kernel: string; root: boolean; kernel_page_size: number; mem_total_bytes: number };
-  options: { page_size: number; codecs: string[]; index_memory_bytes: number; slot_metadata_bytes: number; object_metadata_bytes: number };
+  options: { page_size: number; codecs: string[]; index_memory_bytes: number; slot_metadata_bytes: number; object_metadata_bytes: number;
+    /** The cold tier projected (null: --cold-codec off). */
+    cold: { codec: string; group_pages: number; cold_object_metadata_bytes: number } | null };
   totals: Counts & {
     sources: number;
     sources_failed: number;
     sources_partial: number;
     distinct_contents: number;
     scan_seconds: number;
+    /** The cold tier's projection (absent with --cold-codec off). */
+    cold?: ColdReport;
   };
   cpu: {
     same_filled_check_ns_per_page: number;
@@ -273,6 +297,7 @@ export function buildReport(inp: BuildInput): Report {
     options: {
       page_size: P, codecs: an.codecs.map((c) => c.spec), index_memory_bytes: inp.indexBytes,
       slot_metadata_bytes: SLOT_METADATA_BYTES, object_metadata_bytes: OBJECT_METADATA_BYTES,
+      cold: an.cold !== null ? { codec: `zstd:${an.cold.level}`, group_pages: an.cold.groupPages, cold_object_metadata_bytes: COLD_OBJECT_METADATA_BYTES } : null,
     },
     totals: {
       ...counts,
@@ -281,6 +306,7 @@ export function buildReport(inp: BuildInput): Report {
       sources_partial: sources.filter((s) => s.status === 'partial').length,
       distinct_contents: an.index.size,
       scan_seconds: round4(inp.scanSeconds),
+      ...(an.cold !== null ? { cold: coldReport(an, counts.bytes, pages, total[S.UNIQUE]!, perGib) } : {}),
     },
     cpu: {
       same_filled_check_ns_per_page: pages > 0 ? Math.round((t[0]! * 1e6) / pages) : 0,
@@ -292,6 +318,22 @@ export function buildReport(inp: BuildInput): Report {
     top_duplicate_contents: topContents,
     top_same_filled_words: topWords,
     skipped_sources: inp.skippedSources,
+  };
+}
+
+/** totals.cold: frames + hot raw pages + metadata, against the scan's bytes. */
+function coldReport(an: Analyzer, bytes: number, pages: number, distinct: number, perGib: (ms: number) => number): ColdReport {
+  const c = an.cold!;
+  const P = an.pageSize;
+  const hotData = c.hotPages * P;
+  const meta = SLOT_METADATA_BYTES * pages + OBJECT_METADATA_BYTES * distinct + COLD_OBJECT_METADATA_BYTES * c.groupedPages;
+  const lz4 = an.codecs.findIndex((k) => k.spec === 'lz4');
+  return {
+    codec: `zstd:${c.level}`, group_pages: c.groupPages, hot_codec: 'lz4',
+    grouped_pages: c.groupedPages, hot_pages: c.hotPages, groups: c.groups, frame_bytes: c.frameBytes,
+    ...projection(bytes, c.frameBytes + hotData, c.frameBytes + c.hotAllocBytes, meta),
+    // the store's path: same-filled check, fingerprint, lz4 of distinct pages, then the cold pass
+    cpu_seconds_per_gib: perGib(an.timing[0]! + an.timing[1]! + (lz4 >= 0 ? an.timing[2 + 3 * lz4]! : 0) + c.ms),
   };
 }
 

@@ -7,6 +7,7 @@
  * kernel threads (no user memory) and this process itself (its memory is the scan's own index).
  */
 import { parseCodec } from '../engine/codec/codec.js';
+import { DEFAULT_COLD_CODEC, parseColdOptions } from '../core/cold.js';
 import { ZdedupError } from '../errors.js';
 import { readFileSync } from 'node:fs';
 import { Analyzer, S } from './analyzer.js';
@@ -32,6 +33,10 @@ export interface AnalyzeOptions {
   topContents: number;
   /** Draw a progress bar on stderr (only if it is a TTY). */
   progress: boolean;
+  /** Project the cold tier: 'zstd:LEVEL' for the group frames, or null (off). Default zstd:9. */
+  coldCodec?: string | null;
+  /** Pages per cold group (default 8). */
+  coldGroup?: number;
 }
 
 const PF_KTHREAD = 0x00200000;
@@ -79,7 +84,9 @@ export function analyze(o: AnalyzeOptions): Report {
   }
 
   const root = isRoot();
-  const an = new Analyzer({ pageSize: P, codecs, indexBytes: o.indexBytes, topContents: o.topContents });
+  const coldCodec = o.coldCodec === undefined ? DEFAULT_COLD_CODEC : o.coldCodec;
+  const cold = coldCodec !== null ? parseColdOptions({ codec: coldCodec, groupPages: o.coldGroup }) : null;
+  const an = new Analyzer({ pageSize: P, codecs, indexBytes: o.indexBytes, topContents: o.topContents, cold });
   const frames = root && pids.length > 0 ? new FrameSet() : null;
   const estimate = pids.reduce((s, p) => s + rssAnonBytes(p), 0) + o.files.reduce((s, f) => s + sizeOf(f), 0);
   const nSources = pids.length + o.files.length;

@@ -78,6 +78,13 @@ export interface ColdConfig {
   segmentBytes?: number;
 }
 
+/**
+ * Metadata per cold object, for projections (zdedup analyze): stamp 4 + group 4 + index 1 = 9 per
+ * object, plus its share of the group columns: gMember 4 per member slot, and gOff 4 + gLen 4 +
+ * gCount 1 + gLive 1 = 10 per group, so 10 / 8 = 1.25 at groups of 8: 9 + 4 + 1.25 ≈ 15.
+ */
+export const COLD_OBJECT_METADATA_BYTES = 15;
+
 export const DEFAULT_COLD_CODEC = 'zstd:9';
 export const DEFAULT_COLD_AFTER_SECONDS = 60;
 export const DEFAULT_COLD_GROUP_PAGES = 8;

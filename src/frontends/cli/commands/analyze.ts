@@ -37,6 +37,8 @@ export function registerAnalyze(program: Command, ctx: Ctx): void {
     .option('--no-lz4', 'do not measure lz4')
     .option('--zstd-levels <list>', 'zstd levels to measure, comma separated ("" for none)', '1,3')
     .option('--index-memory <size>', 'upper bound of the distinct-content index (28 B per cell)', '256M')
+    .option('--cold-codec <zstd:LEVEL|off>', 'project the cold tier (serve --codec lz4 --cold-codec ...): distinct pages lz4 shrinks, zstd-compressed in groups', 'zstd:9')
+    .option('--cold-group <n>', 'pages per cold group, 1..64', '8')
     .option('--mappings', 'include a per-mapping breakdown of each process in --json/--html', false)
     .option('--top <n>', 'most repeated contents to report', '16')
     .option('--json', 'print the report as JSON on stdout instead of the table', false)
@@ -46,6 +48,7 @@ export function registerAnalyze(program: Command, ctx: Ctx): void {
     .action((opts: {
       pid: string[]; all: boolean; cgroup: string[]; file: string[]; pageSize: string; lz4: boolean; zstdLevels: string;
       indexMemory: string; mappings: boolean; top: string; json: boolean; html?: string; progress: boolean;
+      coldCodec: string; coldGroup: string;
     }) => {
       const codecs: string[] = [];
       if (opts.lz4) codecs.push('lz4');
@@ -60,6 +63,7 @@ export function registerAnalyze(program: Command, ctx: Ctx): void {
         pids: opts.pid.map(pidOf), all: opts.all, cgroups: opts.cgroup, files: opts.file,
         pageSize: parseSize(opts.pageSize), codecs, indexBytes: parseSize(opts.indexMemory),
         perMapping: opts.mappings, topContents: top, progress: opts.progress && !opts.json,
+        coldCodec: opts.coldCodec === 'off' ? null : opts.coldCodec, coldGroup: Number(opts.coldGroup),
       });
       if (report.sources.length > 0 && report.sources.every((s) => s.status === 'error')) {
         for (const s of report.sources) process.stderr.write(`zdedup: ${s.error?.code ?? 'EIO'}: ${s.error?.message ?? `${s.name}: failed`}\n`);
