@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { PageStore, type AreaId } from '../../src/core/page-store.js';
+import { applyModelOp, type ModelOp } from '../helpers/model-ops.js';
 import { fillRandom, makePage, type Kind } from '../helpers/pages.js';
 
 const PAGES = 32;
@@ -27,12 +28,7 @@ function pageOf(kind: Kind | 'half', v: number): Buffer {
   return p;
 }
 
-type Op =
-  | { t: 'store'; area: number; off: number; kind: number; v: number; async: boolean }
-  | { t: 'load'; area: number; off: number; async: boolean }
-  | { t: 'inv'; area: number; off: number; n: number }
-  | { t: 'invArea'; area: number }
-  | { t: 'step' };
+type Op = ModelOp | { t: 'step' };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 10, arbitrary: fc.record({ t: fc.constant('store' as const), area: fc.nat(1), off: fc.nat(PAGES - 1), kind: fc.nat(KINDS_C.length - 1), v: fc.nat(200), async: fc.boolean() }) },
@@ -80,31 +76,8 @@ for (const tiered of [false, true]) {
             const areas = [store.createArea('a', PAGES), store.createArea('b', PAGES)];
             const model = [new Map<number, Buffer>(), new Map<number, Buffer>()];
             for (const op of ops) {
-              switch (op.t) {
-                case 'store': {
-                  const p = pageOf(KINDS_C[op.kind]!, op.v);
-                  const r = op.async ? await store.storeAsync(areas[op.area]!, op.off, p) : store.store(areas[op.area]!, op.off, p);
-                  if (r === 'stored') model[op.area]!.set(op.off, p);
-                  else assert.ok(tiered && r === 'reject_reclaim_fail', `store refused: ${r}`);
-                  break;
-                }
-                case 'load': {
-                  const into = Buffer.alloc(4096, 0xee);
-                  const r = op.async ? await store.loadAsync(areas[op.area]!, op.off, into) : store.load(areas[op.area]!, op.off, into);
-                  const want = model[op.area]!.get(op.off);
-                  assert.equal(r, want === undefined ? 'miss' : 'hit');
-                  if (want !== undefined) assert.ok(into.equals(want), 'load differs');
-                  break;
-                }
-                case 'inv': {
-                  const n = Math.min(op.n, PAGES - op.off);
-                  store.invalidateRange(areas[op.area]!, op.off, n);
-                  for (let i = 0; i < n; i++) model[op.area]!.delete(op.off + i);
-                  break;
-                }
-                case 'invArea': store.invalidateArea(areas[op.area]!); model[op.area]!.clear(); break;
-                case 'step': await store.settle(); break;
-              }
+              if (op.t === 'step') await store.settle();
+              else await applyModelOp(store, areas, model, op, (kind, v) => pageOf(KINDS_C[kind]!, v), (r) => assert.ok(tiered && r === 'reject_reclaim_fail', `store refused: ${r}`));
               store.checkInvariants();
             }
             await checkAll(store, areas, model);

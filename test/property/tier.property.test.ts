@@ -13,17 +13,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { PageStore, type AreaId } from '../../src/core/page-store.js';
+import { applyModelOp, type ModelOp } from '../helpers/model-ops.js';
 import { makePage, type Kind } from '../helpers/pages.js';
 
 const PAGES = 40;
 const KINDS_T: Kind[] = ['random', 'random', 'random', 'text', 'dup', 'zero', 'same'];
 
-type Op =
-  | { t: 'store'; area: number; off: number; kind: number; v: number; async: boolean }
-  | { t: 'load'; area: number; off: number; async: boolean }
-  | { t: 'inv'; area: number; off: number; n: number }
-  | { t: 'invArea'; area: number }
-  | { t: 'step'; n: number };
+type Op = ModelOp | { t: 'step'; n: number };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 10, arbitrary: fc.record({ t: fc.constant('store' as const), area: fc.nat(1), off: fc.nat(PAGES - 1), kind: fc.nat(KINDS_T.length - 1), v: fc.nat(60), async: fc.boolean() }) },
@@ -75,33 +71,10 @@ for (const writethrough of [false, true]) {
             const areas = [store.createArea('a', PAGES), store.createArea('b', PAGES)];
             const model = [new Map<number, Buffer>(), new Map<number, Buffer>()];
             for (const op of ops) {
-              switch (op.t) {
-                case 'store': {
-                  const p = makePage(KINDS_T[op.kind]!, op.v);
-                  const r = op.async ? await store.storeAsync(areas[op.area]!, op.off, p) : store.store(areas[op.area]!, op.off, p);
-                  // Refusals: a sync store may find both write buffers in flight, and the tiny disk
-                  // may be full of live data. Either way the slot must keep its old content.
-                  if (r === 'stored') model[op.area]!.set(op.off, p);
-                  else { assert.equal(r, 'reject_reclaim_fail', `store refused: ${r}`); refused++; }
-                  break;
-                }
-                case 'load': {
-                  const into = Buffer.alloc(4096, 0xee);
-                  const r = op.async ? await store.loadAsync(areas[op.area]!, op.off, into) : store.load(areas[op.area]!, op.off, into);
-                  const want = model[op.area]!.get(op.off);
-                  assert.equal(r, want === undefined ? 'miss' : 'hit');
-                  if (want !== undefined) assert.ok(into.equals(want));
-                  break;
-                }
-                case 'inv': {
-                  const n = Math.min(op.n, PAGES - op.off);
-                  store.invalidateRange(areas[op.area]!, op.off, n);
-                  for (let i = 0; i < n; i++) model[op.area]!.delete(op.off + i);
-                  break;
-                }
-                case 'invArea': store.invalidateArea(areas[op.area]!); model[op.area]!.clear(); break;
-                case 'step': for (let i = 0; i < op.n; i++) await store.settle(); break;
-              }
+              if (op.t === 'step') for (let i = 0; i < op.n; i++) await store.settle();
+              // Refusals: a sync store may find both write buffers in flight, and the tiny disk
+              // may be full of live data. Either way the slot must keep its old content.
+              else await applyModelOp(store, areas, model, op, (kind, v) => makePage(KINDS_T[kind]!, v), (r) => { assert.equal(r, 'reject_reclaim_fail', `store refused: ${r}`); refused++; });
               await checkAll(store, areas, model);
             }
             await store.settle();
