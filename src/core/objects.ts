@@ -10,6 +10,7 @@
  *   w0, w1     u32 x 2       8      tier location (meaning chosen by the tier: disk = segment, offset)
  *   prev, next u32 x 2       8      LRU links (NIL ends), only while IN_RAM
  *   owner      u16           2      area that created the object — only when an area has a pool quota
+ *   serial     u32 x 2       8      durable mode only: the object's serial in the log (never reused)
  *   (the RAM location, a zspool handle, lives in the pool's own handle column: compaction moves
  *    objects by rewriting that one cell)
  *
@@ -50,6 +51,9 @@ export class ObjectTable {
   w1 = growable(Uint32Array);
   /** Area that created each object (only when some area has a pool quota: off costs nothing). */
   owner: Uint16Array | null = null;
+  /** Durable mode: each object's serial (lo, hi halves), which journal records name it by. */
+  serialLo: Uint32Array | null = null;
+  serialHi: Uint32Array | null = null;
   private prev = growable(Uint32Array);
   private next = growable(Uint32Array);
   private readonly bigRefs = new Map<number, number>(); // refs of objects shared by >= 255 slots
@@ -80,6 +84,22 @@ export class ObjectTable {
     this.owner = grow(growable(Uint16Array), Math.max(1, this.refs.length));
   }
 
+  /** Starts keeping each object's serial (durable mode). Call before any object exists. */
+  enableSerials(): void {
+    if (this.serialLo !== null) return;
+    this.serialLo = grow(growable(Uint32Array), Math.max(1, this.refs.length));
+    this.serialHi = grow(growable(Uint32Array), Math.max(1, this.refs.length));
+  }
+
+  serialOf(id: number): number {
+    return this.serialLo![id]! + this.serialHi![id]! * 2 ** 32;
+  }
+
+  setSerial(id: number, serial: number): void {
+    this.serialLo![id] = serial >>> 0;
+    this.serialHi![id] = Math.floor(serial / 2 ** 32);
+  }
+
   /** Ids ever handed out are below this. */
   get idLimit(): number { return this.highId; }
 
@@ -104,6 +124,7 @@ export class ObjectTable {
           this.next = grow(this.next, cap);
         }
         if (this.owner !== null) this.owner = grow(this.owner, cap);
+        if (this.serialLo !== null) { this.serialLo = grow(this.serialLo, cap); this.serialHi = grow(this.serialHi!, cap); }
         this.keys.ensure(cap);
         this.onGrow(cap);
       }
@@ -190,6 +211,7 @@ export class ObjectTable {
   bytes(): number {
     return this.keys.bytes() + this.refs.byteLength + this.lens.byteLength + this.flags.byteLength +
       this.w0.byteLength + this.w1.byteLength + this.prev.byteLength + this.next.byteLength + (this.owner?.byteLength ?? 0) +
+      (this.serialLo !== null ? 2 * this.serialLo.byteLength : 0) +
       this.bigRefs.size * 40; // ~40 B per Map entry, one per object shared by >= 255 slots
   }
 

@@ -44,8 +44,10 @@ import { fillWord, isSameFilled, wordHi, wordLo } from '../engine/codec/same-fil
 import { Fingerprinter, type FingerprintFn, xxh3Fingerprint } from '../engine/dedup/fingerprint.js';
 import { FingerprintIndex, KeyColumns } from '../engine/dedup/index.js';
 import { ZdedupError, checkUint } from '../errors.js';
-import { DiskTier, type DiskTierOptions } from '../tiers/disk/disk-tier.js';
-import { CODEC_LZ4, CODEC_RAW, CODEC_ZSTD } from '../tiers/disk/format.js';
+import { DiskTier, LOST_SEGMENT, type DiskTierOptions } from '../tiers/disk/disk-tier.js';
+import { CODEC_LZ4, CODEC_RAW, CODEC_ZSTD, OBJECT_ENTRY, TAG_HOLE, TAG_OBJECT, TAG_SAME } from '../tiers/disk/format.js';
+import { Durable, initialConfig, type DurableHost } from './durable/durable.js';
+import type { RecoveryReport } from './durable/recovery.js';
 import { NO_TIER_STATS, type AppendResult, type CleaningOwner, type Liveness, type Tier } from '../tiers/tier.js';
 import { EphemeralTable } from './ephemeral.js';
 import { ColdTier, NO_COLD_STATS, parseColdOptions, type ColdConfig } from './cold.js';
@@ -100,6 +102,15 @@ export interface PageStoreOptions {
   fingerprint?: FingerprintFn;
   /** The cold tier: idle objects recompressed in groups into RAM segments (see cold.ts). Off by default. */
   cold?: ColdConfig;
+  /**
+   * Durable mode (needs `backing`): every new object is appended to the disk tier at store time,
+   * every slot change is journaled, sync() makes both durable, and a restart on the same backing
+   * recovers the areas, their pages and the dedup index (src/core/durable). Areas are persisted.
+   * `checkpointBytes`: journal bytes between checkpoints (default 64 MiB); `checkpointDataBytes`:
+   * record bytes between them (default 1 GiB). `acceptLoss`, `scanAll`:
+   * see recoverStore (fsck).
+   */
+  persist?: boolean | { checkpointBytes?: number; checkpointDataBytes?: number; acceptLoss?: boolean; scanAll?: boolean };
   /** Bytes per pool arena (default 1 MiB). Tests use small arenas (>= 16 pages) so a pool of a few
    *  zspages can be limited and writeback runs on almost every step. */
   arenaBytes?: number;
@@ -246,6 +257,11 @@ export class PageStore {
   /** Set while an ephemeral put places a new object: RAM only, never the tier, never writethrough. */
   private ramOnly = false;
   private readonly ephCollect = new Uint32Array(4096);
+  private areaMetas: (string | undefined)[] = [];
+  /** Durable mode (null when off: every hook below is one null check). */
+  private readonly durable: Durable | null = null;
+  /** The journal of durable mode, or null. */
+  private readonly jnl: Durable['journal'] | null = null;
 
   private c = {
     stored_pages: 0, same_filled_pages: 0, zero_pages: 0, unique_objects: 0,
@@ -290,11 +306,31 @@ export class PageStore {
     const events = opts.events ?? (() => {});
     this.events = events;
     if (opts.tier !== undefined && opts.backing !== undefined) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'give either tier or backing, not both');
-    this.tier = opts.tier ?? (opts.backing !== undefined ? new DiskTier({ ...opts.backing, pageSize: ps, events }) : null);
+    const persist = opts.persist !== undefined && opts.persist !== false;
+    if (persist && opts.backing === undefined) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'durable mode (persist) needs a backing file or device');
+    if (persist && opts.cold !== undefined) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'durable mode (persist) and the cold tier do not go together yet: cold groups are not in the log');
+    this.tier = opts.tier ?? (opts.backing !== undefined ? new DiskTier({
+      ...opts.backing, pageSize: ps, events, ...(persist ? { persist: { config: initialConfig(ps, this.codec.spec, this.sharedDedup) } } : {}),
+    }) : null);
     if (this.writethrough && this.tier === null) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'writethrough needs a tier (a backing file or device)');
     this.cold = coldOpts !== null ? new ColdTier(coldOpts, ps, this.objects, this.pool, this.codec, { dropRam: (id, len) => this.dropRam(id, len) }) : null;
     this.coldIds = new Uint32Array(coldOpts?.groupPages ?? 0);
     this.coldIdx = new Uint8Array(coldOpts?.groupPages ?? 0);
+    if (persist) {
+      this.objects.enableSerials();
+      try {
+        this.durable = new Durable(this.tier as DiskTier, this.durableHost(), ps, this.codec.spec, this.sharedDedup, {
+          ...(typeof opts.persist === 'object' ? opts.persist : {}), events,
+        });
+      } catch (e) {
+        void this.tier!.close();
+        throw e;
+      }
+      this.jnl = this.durable.journal;
+      const tier = this.tier as DiskTier;
+      tier.serialOf = (id) => this.objects.serialOf(id);
+      this.cleaningOwner.resolve = (id, w0, w1, lo, hi) => this.objectAt(id, w0, w1, lo, hi);
+    }
     this.maintenance = new Maintenance(this, this.tier, events, opts.background ?? (this.tier !== null || this.cold !== null));
   }
 
@@ -310,7 +346,7 @@ export class PageStore {
    * 2 B per object, only once some area has a quota). With sharedDedup an object counts for the
    * area that created it.
    */
-  createArea(name: string, pages: number, opts: { maxPoolBytes?: number } = {}): AreaId {
+  createArea(name: string, pages: number, opts: { maxPoolBytes?: number; meta?: string } = {}): AreaId {
     if (typeof name !== 'string') throw new ZdedupError('ERR_INVALID_ARGUMENT', 'area name must be a string');
     checkUint('pages', pages);
     if (pages < 1 || pages > MAX_AREA_PAGES) {
@@ -329,6 +365,8 @@ export class PageStore {
     if (this.objects.owner !== null && id > 0xffff) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'with per-area pool quotas a store has at most 65536 areas');
     this.addAreaId(name, new Uint32Array(pages), quota);
     this.byName.set(name, id);
+    this.areaMetas[id] = opts.meta;
+    this.durable?.defineArea(name, pages, opts.meta);
     return id as AreaId;
   }
 
@@ -542,6 +580,126 @@ export class PageStore {
     return a;
   }
 
+  /** True when an area named `name` exists (in durable mode: possibly recovered from the backing). */
+  hasArea(name: string): boolean {
+    return this.byName.has(name);
+  }
+
+  /** What the caller stored with the area (createArea's `meta`; persisted in durable mode). */
+  areaMeta(area: AreaId): string | undefined {
+    this.slotsOf(area);
+    return this.areaMetas[area];
+  }
+
+  /** Grows an area to `pages` slots (never shrinks), and sets its meta; persisted in durable mode. */
+  growArea(area: AreaId, pages: number, meta?: string): void {
+    const old = this.slotsOf(area);
+    checkUint('pages', pages);
+    if (pages < old.length || pages > MAX_AREA_PAGES) throw new ZdedupError('ERR_INVALID_ARGUMENT', `area "${this.names[area]}" can grow from ${old.length} pages up to ${MAX_AREA_PAGES}, not to ${pages}`);
+    if (pages > old.length) {
+      const m = new Uint32Array(pages);
+      m.set(old);
+      this.slotMaps[area] = m;
+      const t = new Uint32Array(Math.ceil(pages / 1024 / 32));
+      t.set(this.touched[area]!);
+      this.touched[area] = t;
+    }
+    this.areaMetas[area] = meta;
+    this.durable?.defineArea(this.names[area]!, pages, meta);
+  }
+
+  /** True in durable mode (sync() makes writes survive a crash). */
+  get persistent(): boolean {
+    return this.durable !== null;
+  }
+
+  /**
+   * Durable mode: resolves once every store, zero and invalidation made before the call survives
+   * a crash (journal drained into the log, then one fdatasync shared by concurrent callers).
+   * Without durable mode there is nothing to make durable: resolves at once.
+   */
+  sync(): Promise<void> {
+    if (this.jnl === null) return Promise.resolve();
+    return this.jnl.flush();
+  }
+
+  /** What recovery found at start (durable mode on an existing backing), else null. */
+  recoveryReport(): RecoveryReport | null {
+    return this.durable?.report ?? null;
+  }
+
+  /** Durable mode: writes a checkpoint now (tests; it also runs every `checkpointBytes` of journal). */
+  checkpointNow(): void {
+    this.jnl?.checkpoint();
+  }
+
+  /** The glue durable mode uses to read and rebuild slots (built once, in the constructor). */
+  private durableHost(): DurableHost {
+    const o = this.objects;
+    return {
+      encodeSlot: (area, slot, dst, at) => {
+        const v = this.slotMaps[area]![slot]!;
+        if (v === 0) { dst.writeUInt32LE(TAG_HOLE, at); dst.writeUInt32LE(0, at + 4); dst.writeUInt32LE(0, at + 8); return; }
+        if (v & SAME) {
+          const w = v & ~SAME;
+          dst.writeUInt32LE(TAG_SAME, at); dst.writeUInt32LE(this.words.keys.lo[w]!, at + 4); dst.writeUInt32LE(this.words.keys.hi[w]!, at + 8);
+          return;
+        }
+        dst.writeUInt32LE(TAG_OBJECT, at); dst.writeUInt32LE(o.serialLo![v - 1]!, at + 4); dst.writeUInt32LE(o.serialHi![v - 1]!, at + 8);
+      },
+      areaCount: () => this.slotMaps.length,
+      areaPages: (a) => this.slotMaps[a]?.length ?? 0,
+      isHole: (a, slot) => this.slotMaps[a]![slot] === 0,
+      encodeObjects: () => {
+        const out = Buffer.allocUnsafe(this.c.unique_objects * OBJECT_ENTRY);
+        let at = 0;
+        for (let id = 0; id < o.idLimit && at < out.length; id++) {
+          if (!o.isLive(id) || (o.flags[id]! & IN_TIER) === 0) continue; // (RAM-only: ephemeral pages)
+          out.writeUInt32LE(o.serialLo![id]!, at); out.writeUInt32LE(o.serialHi![id]!, at + 4);
+          out.writeUInt32LE(o.w0[id]!, at + 8); out.writeUInt32LE(o.w1[id]!, at + 12); out.writeUInt32LE(o.lens[id]!, at + 16);
+          out.writeUInt32LE(o.keys.lo[id]!, at + 20); out.writeUInt32LE(o.keys.hi[id]!, at + 24);
+          at += OBJECT_ENTRY;
+        }
+        return out.subarray(0, at);
+      },
+      defineArea: (a) => { this.createArea(a.name, a.pages, { meta: a.meta }); },
+      setSame: (area, slot, lo, hi) => {
+        const w = this.words.acquire(lo, hi);
+        this.slotMaps[area]![slot] = SAME | w;
+        this.touch(area, slot);
+        this.count(area, 0, 1);
+        this.c.same_filled_pages++;
+        this.areaSame[area]!++;
+        if (w === 0) { this.c.zero_pages++; this.areaZero[area]!++; }
+      },
+      newObject: (area, serial, seg, off, len, fpLo, fpHi, lost) => {
+        const id = o.newId();
+        o.setSerial(id, serial);
+        o.lens[id] = lost ? this.pageSize : len;
+        // A lost object gets a fingerprint no page has in practice, and a location every read refuses.
+        o.keys.lo[id] = lost ? serial >>> 0 : fpLo;
+        o.keys.hi[id] = lost ? 0x10570b1e : fpHi;
+        o.refs[id] = 0;
+        o.flags[id] = IN_TIER;
+        o.w0[id] = lost ? LOST_SEGMENT : seg;
+        o.w1[id] = off;
+        if (o.owner !== null) o.owner[id] = area;
+        this.domainIndex[this.sharedDedup ? 0 : area]!.insert(id);
+        this.tierObjects++;
+        this.c.unique_objects++;
+        this.c.compressed_bytes += o.lens[id]!;
+        if (o.lens[id] === this.pageSize) this.c.stored_incompressible_pages++;
+        return id;
+      },
+      setObject: (area, slot, id) => {
+        o.incRef(id);
+        this.slotMaps[area]![slot] = id + 1;
+        this.touch(area, slot);
+        this.count(area, 0, 1);
+      },
+    };
+  }
+
   /** The area named `name`; ERR_UNKNOWN_AREA if none. */
   area(name: string): AreaId {
     const id = this.byName.get(name);
@@ -650,6 +808,7 @@ export class PageStore {
       this.count(area, old, 1);
       c.same_filled_pages++; c.zero_pages++;
       this.areaSame[area]!++; this.areaZero[area]!++;
+      if (this.jnl !== null) this.jnl.note(area, i);
     }
   }
 
@@ -824,6 +983,13 @@ export class PageStore {
   /** Stops background work and closes the tier (waits for writes under way). */
   async close(): Promise<void> {
     if (this.closed) return;
+    if (this.jnl !== null) {
+      try {
+        await this.jnl.close(); // a clean stop keeps everything, flushed or not, with a checkpoint for a quick start
+      } catch (e) {
+        this.events('error', 'final flush failed: writes since the last FLUSH may be lost', { cause: e });
+      }
+    }
     this.closed = true;
     await this.maintenance.stop();
     await this.tier?.close();
@@ -875,6 +1041,7 @@ export class PageStore {
       ephemeral_evicted_pages: c.ephemeral_evicted_pages,
       ephemeral_flushed_pages: c.ephemeral_flushed_pages,
       disk_objects: this.tierObjects,
+      ...this.durableStats(),
       ...t,
       ...(this.cold?.stats() ?? NO_COLD_STATS),
       store_calls: c.store_calls,
@@ -888,6 +1055,19 @@ export class PageStore {
       arenas: this.pool.liveArenas,
       zspages: this.pool.liveZspages,
       areas: this.byName.size,
+    };
+  }
+
+  private durableStats(): Pick<PageStoreStats, 'recovery_seconds' | 'recovered_pages' | 'recovery_discarded_bytes' | 'recovery_lost_pages' | 'disk_syncs' | 'journal_records' | 'checkpoints'> {
+    const r = this.durable?.report ?? null;
+    return {
+      recovery_seconds: r?.recovery_seconds ?? 0,
+      recovered_pages: r?.recovered_pages ?? 0,
+      recovery_discarded_bytes: r?.recovery_discarded_bytes ?? 0,
+      recovery_lost_pages: r?.recovery_lost_pages ?? 0,
+      disk_syncs: this.tier instanceof DiskTier ? this.tier.syncCount : 0,
+      journal_records: this.jnl?.records ?? 0,
+      checkpoints: this.jnl?.checkpoints ?? 0,
     };
   }
 
@@ -1000,6 +1180,7 @@ export class PageStore {
       this.areaSame[area]!++;
       if (v === SAME) { c.zero_pages++; this.areaZero[area]!++; }
     }
+    if (this.jnl !== null) this.jnl.note(area, offset);
     return S_OK;
   }
 
@@ -1025,6 +1206,8 @@ export class PageStore {
         if (same === 0) { c.verify_mismatch++; continue; }
         if (same === -2) continue; // unreadable candidate: counted as decompress_fail (or by the tier), not as a mismatch
       }
+      // Durable mode: a persistent slot never shares a RAM-only (ephemeral) object: it is not in the log.
+      if (this.durable !== null && !this.ramOnly && (this.objects.flags[id]! & IN_TIER) === 0) continue;
       c.dedup_hits++;
       const f = this.objects.flags[id]!;
       if ((f & IN_RAM) !== 0) this.objects.flags[id] = f | REFERENCED; // shared again: a use, like a load
@@ -1079,6 +1262,8 @@ export class PageStore {
     const c = this.c;
     const tier = this.tier;
     const codec = raw ? CODEC_RAW : this.codecId;
+    // Durable mode: persistent objects go to the log first; an ephemeral page stays RAM only.
+    if (this.durable !== null && !this.ramOnly) return this.placeDurable(area, id, lo, hi, codec, bytes, len);
     if (o.owner !== null) o.owner[id] = area;
     // Ephemeral pages exist: the pool tries RAM even while full, making room from them first.
     let ramAllowed = !this.poolFull || this.ramOnly || (this.eph !== null && this.eph.count > 0);
@@ -1138,6 +1323,41 @@ export class PageStore {
     c.reject_reclaim_fail++;
     this.lastReject = 'reject_reclaim_fail';
     return S_RECLAIM_FAIL;
+  }
+
+  /**
+   * Durable mode: a new object goes to the log first (with a new serial), so the journal entry
+   * that will name it follows it on the medium; a copy in RAM is kept when the pool has room.
+   */
+  private placeDurable(area: number, id: number, lo: number, hi: number, codec: number, bytes: Uint8Array, len: number): number {
+    const o = this.objects;
+    const tier = this.tier!;
+    const serial = this.durable!.serial;
+    const r = tier.append(id, lo, hi, codec, bytes, 0, len, serial);
+    if (r === 'busy') return S_WAIT_ROOM;
+    if (r !== 'ok') { this.c.reject_reclaim_fail++; this.lastReject = 'reject_reclaim_fail'; return S_RECLAIM_FAIL; }
+    this.durable!.serial++;
+    o.setSerial(id, serial);
+    o.flags[id] = IN_TIER;
+    o.w0[id] = tier.lastW0;
+    o.w1[id] = tier.lastW1;
+    if (o.owner !== null) o.owner[id] = area;
+    this.tierObjects++;
+    this.c.writethrough_pages++;
+    const quota = this.areaQuota[area]!;
+    if (this.poolFull || (quota > 0 && this.areaRam[area]! + len > quota)) return S_OK;
+    if (this.pool.alloc(id, len) !== 'ok') {
+      // RAM is only a cache here: the object is in the log already. Let the writer make room.
+      if (this.pool.maxBytes > 0) { this.c.pool_limit_hit++; this.poolFull = true; this.maintenance.kick(); }
+      return S_OK;
+    }
+    this.pool.locate(id);
+    this.pool.locBuf.set(bytes.subarray(0, len), this.pool.locOff);
+    o.flags[id] = IN_RAM | IN_TIER;
+    o.lruPushHead(id);
+    this.ramBytes += len;
+    if (o.owner !== null) this.areaRam[area]! += len;
+    return S_OK;
   }
 
   /**
@@ -1322,6 +1542,7 @@ export class PageStore {
     slots[offset] = 0;
     this.count(area, old, 0);
     this.c.invalidated_pages++;
+    if (this.jnl !== null) this.jnl.note(area, offset);
   }
 
   /** Drops the reference held by a slot value (0, SAME|w or id+1). Does not touch stored_pages. */
@@ -1565,12 +1786,23 @@ export class PageStore {
     return 'done';
   }
 
+  /** Durable mode: the live object whose tier copy is at (w0, w1), found by its fingerprint; -1 if none. */
+  private objectAt(id: number, w0: number, w1: number, lo: number, hi: number): number {
+    const o = this.objects;
+    if (o.isLive(id) && o.w0[id] === w0 && o.w1[id] === w1) return id;
+    for (const index of this.domainIndex) {
+      index.probeStart(lo, hi);
+      for (let c = index.probeNext(); c >= 0; c = index.probeNext()) if (o.w0[c] === w0 && o.w1[c] === w1 && (o.flags[c]! & IN_TIER) !== 0) return c;
+    }
+    return -1;
+  }
+
   /** The cleaner's view of the object table (see CleaningOwner). */
-  readonly cleaningOwner: CleaningOwner = {
+  readonly cleaningOwner: CleaningOwner & { resolve?: CleaningOwner['resolve'] } = {
     liveness: (id: number, w0: number, w1: number): Liveness => {
       const o = this.objects;
       if (!o.isLive(id) || (o.flags[id]! & IN_TIER) === 0 || o.w0[id] !== w0 || o.w1[id] !== w1) return 'dead';
-      if ((o.flags[id]! & IN_RAM) !== 0) {
+      if ((o.flags[id]! & IN_RAM) !== 0 && this.durable === null) {
         o.flags[id] = o.flags[id]! & ~IN_TIER; // RAM keeps the only copy; a later eviction rewrites it
         this.tierObjects--;
         return 'drop';

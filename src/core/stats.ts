@@ -81,6 +81,16 @@ export interface PageStoreStats extends TierStats, ColdStats {
   ephemeral_flushed_pages: number;
   /** Live objects with a copy in the tier. */
   disk_objects: number;
+  /** Durable mode (0 otherwise): how long recovery took at start, the pages it brought back, the
+   *  bytes of torn records it discarded at the end of the log, and the pages it could not (EIO). */
+  recovery_seconds: number;
+  recovered_pages: number;
+  recovery_discarded_bytes: number;
+  recovery_lost_pages: number;
+  /** Durable mode: fdatasyncs (one per group of FLUSHes), journal records and checkpoints written. */
+  disk_syncs: number;
+  journal_records: number;
+  checkpoints: number;
   /** Calls of store / load, loads that hit and missed, pages invalidated. */
   store_calls: number;
   load_calls: number;

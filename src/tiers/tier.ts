@@ -34,6 +34,11 @@ export type Liveness =
 /** The core's side of cleaning: liveness of records and the new home of moved ones. */
 export interface CleaningOwner {
   liveness(id: number, w0: number, w1: number): Liveness;
+  /**
+   * Optional: the object now stored at (w0, w1), given the id and fingerprint the record holds,
+   * or -1. Durable mode needs it: a restart renumbers objects, so a record's id is only a hint.
+   */
+  resolve?(id: number, w0: number, w1: number, fpLo: number, fpHi: number): number;
   relocated(id: number, w0: number, w1: number): void;
 }
 
@@ -121,9 +126,10 @@ export interface Tier {
    * Copies one object's stored bytes (src[off, off+len)) into the tier with the object's id and
    * fingerprint, and `codec` (0 raw, 1 lz4, 2 zstd) for offline tools. Does no I/O itself: the
    * bytes go into a write buffer that is written in the background; the record can be read at
-   * once. Never throws for a full or failing tier: see AppendResult.
+   * once. Never throws for a full or failing tier: see AppendResult. `serial`: the object's
+   * serial in durable mode (recorded with it), else 0.
    */
-  append(id: number, fpLo: number, fpHi: number, codec: number, src: Uint8Array, off: number, len: number): AppendResult;
+  append(id: number, fpLo: number, fpHi: number, codec: number, src: Uint8Array, off: number, len: number, serial?: number): AppendResult;
 
   /**
    * When the record at (w0, w1) still sits in a RAM write buffer, sets locBuf / locOff to its

@@ -9,6 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { ZdedupError } from '../../core/errors.js';
 import { registerBench } from './commands/bench.js';
+import { registerFsck } from './commands/fsck.js';
 import { registerServe } from './commands/serve.js';
 import { registerStats } from './commands/stats.js';
 import { registerSwap } from './commands/swap.js';
@@ -46,6 +47,7 @@ export function buildProgram(ctx: Ctx): Command {
   registerSwap(program, ctx);
   registerAnalyze(program, ctx);
   registerBench(program, ctx);
+  registerFsck(program, ctx);
   return program;
 }
 

@@ -36,6 +36,8 @@ export const STORE_COUNTERS: ReadonlySet<string> = new Set([
   // The cold tier (src/core/cold.ts):
   'cold_loads', 'cold_group_decompressions', 'cold_groups_written', 'cold_skipped_pages', 'cold_promoted_pages',
   'cold_written_back_pages', 'cold_cleaned_segments',
+  // Durable mode (--persist):
+  'disk_syncs', 'journal_records', 'checkpoints',
 ]);
 
 /** One line per known stat: what it counts (Prometheus HELP, dashboard tooltips). */
@@ -125,6 +127,13 @@ export const STORE_HELP: Readonly<Record<string, string>> = {
   ephemeral_evicted_pages: 'Ephemeral pages dropped under pressure, coldest first, before anything persistent is written back or refused',
   ephemeral_flushed_pages: 'Ephemeral pages dropped by a flush, a rejected put over them, or a write',
   write_amplification: 'Bytes written to the backing per byte of new data in written segments (cleaning, headers and alignment make it > 1)',
+  recovery_seconds: 'Durable mode: seconds recovery took at start (scan of the log, replay of the journal)',
+  recovered_pages: 'Durable mode: pages recovery brought back at start',
+  recovery_discarded_bytes: 'Durable mode: bytes of torn records recovery discarded at the end of the log (writes under way at the crash)',
+  recovery_lost_pages: 'Durable mode: pages whose record recovery found damaged or missing (they read as EIO)',
+  disk_syncs: 'Durable mode: fdatasyncs of the backing (one per group of concurrent FLUSHes)',
+  journal_records: 'Durable mode: journal records of slot updates appended to the log',
+  checkpoints: 'Durable mode: checkpoints of the slot maps written to the log',
 };
 
 export function storeStatKind(name: string): StatKind {

@@ -52,8 +52,10 @@
  *   by one socket read + one request (≤ 32 MiB payload) + OUTPUT_HIGH_WATER + one reply, plus the
  *   reply buffers of in-flight READs (≤ MAX_IN_FLIGHT of them, each ≤ 32 MiB).
  * - Stores are applied before their reply is sent (a write in flight is not answered until its
- *   Promise settles), so FLUSH and FUA need no work and their effects are visible to every
- *   connection of the export at reply time (what CAN_MULTI_CONN promises).
+ *   Promise settles), so their effects are visible to every connection of the export at reply
+ *   time (what CAN_MULTI_CONN promises). Without durable mode FLUSH and FUA need no more work;
+ *   in durable mode (store.persistent) a FLUSH, and a WRITE / WRITE_ZEROES / TRIM with FUA, go
+ *   in flight until store.sync() has put them on the medium (docs/NBD.md).
  * - Buffer budget: a READ's reply buffer and a WRITE payload longer than PAYLOAD_SCRATCH are
  *   charged to the server's BufferBudget before they are allocated or received, and given back
  *   when the socket has taken the reply (write callback, in write order: `charged`) or the store
@@ -626,7 +628,8 @@ export class NbdConnection implements BudgetHolder {
           break;
         case CMD.WRITE: {
           hist = lat.write;
-          const res = e.write(r.offset, payload);
+          let res = e.write(r.offset, payload);
+          if ((r.flags & CMDF.FUA) !== 0 && e.store.persistent) res = durably(e, res);
           if (typeof res !== 'number') return this.startInFlight(res, undefined);
           this.writeDone(r, res);
           break;
@@ -636,6 +639,10 @@ export class NbdConnection implements BudgetHolder {
           // before its reply, and the parser does not run while one is in flight (parked()).
           // Checked, because answering a FLUSH early would lie about durability.
           if (this.writesInFlight !== 0) throw new Error(`FLUSH parsed with ${this.writesInFlight} write(s) in flight`);
+          // Durable mode: answered once the journal is on the medium (one fdatasync shared with
+          // every FLUSH of any connection that arrives meanwhile). Otherwise there is no medium
+          // that outlives the process: completed writes are all a FLUSH can promise (docs/NBD.md).
+          if (e.store.persistent) return this.startInFlight(durably(e, ERRNO.OK), undefined);
           this.replyOk();
           break;
         case CMD.CACHE:  // a hint; pages in the disk tier are not prefetched (a later READ reads them)
@@ -643,11 +650,13 @@ export class NbdConnection implements BudgetHolder {
           break;
         case CMD.TRIM:
           e.trim(r.offset, r.length);
+          if ((r.flags & CMDF.FUA) !== 0 && e.store.persistent) return this.startInFlight(durably(e, ERRNO.OK), undefined);
           this.replyOk();
           break;
         case CMD.WRITE_ZEROES: {
           hist = lat.write;
-          const res = e.zero(r.offset, r.length, (r.flags & CMDF.NO_HOLE) !== 0);
+          let res = e.zero(r.offset, r.length, (r.flags & CMDF.NO_HOLE) !== 0);
+          if ((r.flags & CMDF.FUA) !== 0 && e.store.persistent) res = durably(e, res);
           if (typeof res !== 'number') return this.startInFlight(res, undefined);
           this.replyStatus(res);
           break;
@@ -940,4 +949,9 @@ export class NbdConnection implements BudgetHolder {
       this.suppressed++;
     }
   }
+}
+
+/** Durable mode's FLUSH and FUA: `res` (a write's outcome), answered once the store's flush is done. */
+function durably(e: NbdExport, res: WireErrno | Promise<WireErrno>): Promise<WireErrno> {
+  return Promise.resolve(res).then((x) => (x !== ERRNO.OK ? x : e.store.sync().then(() => ERRNO.OK)));
 }

@@ -29,7 +29,7 @@
 import { chmodSync, chownSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
-import type { PageStore } from '../../core/page-store.js';
+import type { AreaId, PageStore } from '../../core/page-store.js';
 import { ZdedupError } from '../../core/errors.js';
 import { reclaimMemory } from '../../core/reclaim.js';
 import { RateLimitedLog, type Logger } from '../log.js';
@@ -149,8 +149,7 @@ export class NbdServer implements ConnectionHost {
       if (!Number.isSafeInteger(spec.size) || spec.size <= 0) {
         throw new ZdedupError('ERR_INVALID_ARGUMENT', `export "${spec.name}" size must be a positive integer, got ${spec.size}`);
       }
-      const pages = Math.ceil(spec.size / opts.pageSize);
-      const area = opts.store.createArea(`nbd:${spec.name}`, pages, { maxPoolBytes: spec.maxPool ?? 0 });
+      const area = exportArea(opts.store, spec, opts.pageSize);
       const e = new NbdExport(opts.store, spec, opts.pageSize, area);
       this.byName.set(spec.name, e);
       list.push(e);
@@ -163,6 +162,7 @@ export class NbdServer implements ConnectionHost {
   private cache: CacheExports | undefined;
 
   // ---- ExportDirectory / ConnectionHost ------------------------------------------------------
+
 
   findExport(name: string): NbdExport | undefined { return this.byName.get(name); }
   listExports(): readonly NbdExport[] { return this.exports; }
@@ -393,4 +393,23 @@ export class NbdServer implements ConnectionHost {
       }
     }
   }
+}
+
+/**
+ * The store area behind an export: created, or — durable mode — the one recovered from the
+ * backing, whose persisted size must not be larger than asked (an export grows, never shrinks).
+ */
+function exportArea(store: PageStore, spec: ExportSpec, pageSize: number): AreaId {
+  const name = `nbd:${spec.name}`;
+  const pages = Math.ceil(spec.size / pageSize);
+  const meta = JSON.stringify({ size: spec.size });
+  if (!store.hasArea(name)) return store.createArea(name, pages, { maxPoolBytes: spec.maxPool ?? 0, meta });
+  const area = store.area(name);
+  const held = Number((JSON.parse(store.areaMeta(area) ?? '{}') as { size?: number }).size ?? store.areaPages(area) * pageSize);
+  if (spec.size < held) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT',
+      `export "${spec.name}" holds ${held} bytes on the backing; ${spec.size} was asked (an export may grow, not shrink: give --size ${held} or more)`);
+  }
+  if (spec.size > held) store.growArea(area, pages, meta);
+  return area;
 }

@@ -29,9 +29,16 @@
  *   release and cleaning subtract); a SEALED segment whose live reaches 0 is freed at once.
  * - `reserve` free segments are kept for the cleaner: plain appends never take them.
  *
- * Known limits: the format has no journal yet (a restart starts from an empty tier: durable mode
- * is a later step); the newest segment stays in its RAM buffer until it fills (sealOpen() writes
- * it early, wasting its tail until cleaned); the backing file is sparse, so a filesystem that fills up fails the write of
+ * Durable mode (`persist`, driven by src/core/durable): journal and checkpoint records share the
+ * segments with objects (appendMeta), segments are written strictly in order and the open one in
+ * parts at each sync() (its header, stamped with `used`, after the records it covers), one
+ * fdatasync serves every sync() that arrives while one runs (group commit), and a freed segment
+ * becomes reusable only after a sync (PENDING), so nothing recovery needs is overwritten before its
+ * replacement is on the medium. Off: none of it runs (its columns are empty).
+ *
+ * Known limits: without durable mode the newest segment stays in its RAM buffer until it fills
+ * (sealOpen() writes it early, wasting its tail until cleaned) and a restart starts from an empty
+ * tier; the backing file is sparse, so a filesystem that fills up fails the write of
  * a segment (the segment stays in RAM and is retried; appends are refused meanwhile).
  */
 import fs from 'node:fs';
@@ -40,8 +47,9 @@ import { deviceOrFileSize } from '../../engine/device.js';
 import { NO_REMOTE_STATS, type AppendResult, type CleanResult, type CleaningOwner, type Tier, type TierStats } from '../tier.js';
 import { alignedBuffer, dropCached } from './aligned.js';
 import {
-  ALIGN, FILE_HEADER_SIZE, FILE_MAGIC, REC_HEADER_SIZE, SEG_HEADER_SIZE, alignUp, checkPayload, checkSegHeader, encodeFileHeader,
-  encodeRecord, encodeSegHeader, readRecordHeader, recordSpan, type RecordView,
+  ALIGN, FILE_HEADER_SIZE, FILE_MAGIC, KIND_CKPT_CHUNK, KIND_CKPT_END, KIND_JOURNAL, REC_HEADER_SIZE, SEG_HEADER_SIZE, alignUp, checkPayload,
+  checkSegHeader, decodeFileHeader, encodeFileHeader, encodeMetaRecord, encodeRecord, encodeSegHeader, isMetaKind, readRecordHeader,
+  recordSpan, type FileHeader, type RecordView,
 } from './format.js';
 
 export interface DiskTierOptions {
@@ -63,12 +71,23 @@ export interface DiskTierOptions {
   overwrite?: boolean;
   /** Where the tier reports episodes (write failures, recovery, damaged segments). */
   events?: (level: 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown>) => void;
+  /**
+   * Durable mode (src/core/durable): the file header carries `config` and is kept when the file
+   * already has a durable header (its geometry wins: `size` must then match or be omitted);
+   * segments are written in order, sync() writes the open segment's new part and fdatasyncs, and
+   * a freed segment is reused only after the next sync (so nothing that recovery needs is
+   * overwritten before its replacement is on the medium). Off: none of this runs.
+   */
+  persist?: { config: Buffer };
 }
+
+/** Where a lost object points after recovery (its record was missing or damaged): every read of it fails. */
+export const LOST_SEGMENT = 0xffffffff;
 
 export const DEFAULT_SEGMENT_SIZE = 4 << 20;
 
-const FREE = 0, OPEN = 1, WRITING = 2, SEALED = 3, STRANDED = 4, FREEING = 5;
-const STATE_NAMES = ['free', 'open', 'writing', 'sealed', 'stranded', 'freeing'];
+const FREE = 0, OPEN = 1, WRITING = 2, SEALED = 3, STRANDED = 4, FREEING = 5, PENDING = 6;
+const STATE_NAMES = ['free', 'open', 'writing', 'sealed', 'stranded', 'freeing', 'pending'];
 const RETRY_MS = 1000;
 const READ_BUFFERS_KEPT = 64;
 
@@ -85,7 +104,11 @@ export class DiskTier implements Tier {
   locBuf: Uint8Array = Buffer.alloc(0);
   locOff = 0;
 
-  private readonly fd: number;
+  /** The open medium (recovery and fsck read it directly). */
+  readonly fd: number;
+  /** Durable mode: the header found on the medium (null when the file was new or not durable). */
+  readonly foundHeader: FileHeader | null = null;
+  readonly persist: boolean;
   private readonly pageSize: number;
   private readonly reserve: number;
   private readonly events: NonNullable<DiskTierOptions['events']>;
@@ -100,6 +123,13 @@ export class DiskTier implements Tier {
   private readonly segRecords: Uint32Array;
   private readonly segNew: Uint32Array;      // bytes of new-data records (not cleaner copies) in the segment
   private readonly segDamaged: Uint8Array;
+  // Durable mode: bytes of the segment on the medium, and its journal / checkpoint records still
+  // counted in segLive (with the newest journal sequence and the checkpoint generation they hold).
+  private readonly segWrittenTo: Uint32Array;
+  private readonly segJBytes: Uint32Array;
+  private readonly segJMax: Float64Array;
+  private readonly segCkBytes: Uint32Array;
+  private readonly segCkGen: Uint32Array;
   // Free segments, two stacks: ranges written before come first, so a sparse file on a full
   // filesystem reuses blocks it already has instead of asking for new ones; fresh ranges after.
   private readonly freeSegs: Uint32Array;   // stack of free segments written before
@@ -126,7 +156,7 @@ export class DiskTier implements Tier {
   private readonly readSpan: number;
   private readonly readBufs: Buffer[] = [];
   private cleanBuf: Buffer | undefined;
-  private readonly rv: RecordView = { codec: 0, len: 0, id: 0, fpLo: 0, fpHi: 0 };
+  private readonly rv: RecordView = { codec: 0, len: 0, id: 0, fpLo: 0, fpHi: 0, serial: 0 };
 
   private inUse = 0;   // segments not FREE (FREEING ones included)
   private freeing = 0; // segments waiting for their readers before they are free
@@ -135,7 +165,24 @@ export class DiskTier implements Tier {
   private closed = false;
 
   // ---- statistics ----
+  // ---- durable mode ----
+  private writeQueue: number[] = [];      // segments whose (partial or final) write waits for the one in flight
+  private writeJobs = 0;                  // writes enqueued so far
+  private writesDone = 0;                 // writes finished (in order), failed ones included
+  private writeFailures = 0;
+  private drainWaiters: { job: number; resolve: () => void }[] = [];
+  private pendingFree: number[] = [];     // freed, reusable after the next sync
+  private syncing: Promise<void> | null = null;
+  private nextSync: Promise<void> | null = null;
+  private syncScheduled = false;
+  /** Journal sequence covered by the newest complete checkpoint, and its generation (0: none). */
+  private ckptSeq = 0;
+  private ckptGen = 0;
+  /** Generation of a checkpoint being written (its records are live), else 0. */
+  private ckptWriting = 0;
+
   private c = {
+    disk_syncs: 0,
     disk_bytes_written: 0, disk_record_bytes_appended: 0, cleaned_segments: 0, disk_write_errors: 0,
     disk_read_errors: 0, disk_reads: 0, disk_live_bytes: 0, disk_used_bytes: 0, disk_cleaner_bytes_moved: 0, disk_new_bytes_written: 0,
   };
@@ -153,15 +200,31 @@ export class DiskTier implements Tier {
     this.pageSize = P;
     this.segmentSize = seg;
     this.events = o.events ?? (() => {});
-    const opened = openBacking(o.path, o.size, o.direct ?? true);
+    this.persist = o.persist !== undefined;
+    let found = durableHeaderOf(o.path);
+    if (!this.persist && found !== null && o.overwrite !== true) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', `backing ${o.path} holds a durable store (written with --persist): serve it with --persist, or pass --backing-overwrite to discard it`);
+    }
+    if (!this.persist) found = null;
+    if (found !== null && o.size !== undefined && o.size !== found.backingSize) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', `backing ${o.path} holds a durable store of ${found.backingSize} bytes; --backing-size ${o.size} differs (omit it, or give the same size)`);
+    }
+    if (found !== null && (found.segmentSize !== seg && o.segmentSize !== undefined)) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', `backing ${o.path} holds segments of ${found.segmentSize} bytes; --segment-size ${seg} differs`);
+    }
+    const opened = openBacking(o.path, found !== null ? undefined : o.size, o.direct ?? true, found?.backingSize);
     if (opened.existed && o.overwrite !== true) checkOurs(opened.fd, o.path);
     this.fd = opened.fd;
     this.direct = opened.direct;
     this.backingSize = opened.size;
-    const count = Math.floor((opened.size - FILE_HEADER_SIZE) / seg);
+    if (found !== null) {
+      this.foundHeader = found;
+      this.segmentSize = found.segmentSize;
+    }
+    const count = found !== null ? found.segmentCount : Math.floor((opened.size - FILE_HEADER_SIZE) / this.segmentSize);
     if (count < 4) {
       fs.closeSync(this.fd);
-      throw new ZdedupError('ERR_INVALID_ARGUMENT', `backing ${o.path} holds ${Math.max(0, count)} segments of ${seg} bytes; it needs at least 4 (${FILE_HEADER_SIZE + 4 * seg} bytes)`);
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', `backing ${o.path} holds ${Math.max(0, count)} segments of ${this.segmentSize} bytes; it needs at least 4 (${FILE_HEADER_SIZE + 4 * this.segmentSize} bytes)`);
     }
     if (count > 0xffffffff / 2) throw new ZdedupError('ERR_INVALID_ARGUMENT', 'backing has too many segments; use a larger segment size');
     this.segmentCount = count;
@@ -175,35 +238,115 @@ export class DiskTier implements Tier {
     this.segRecords = new Uint32Array(count);
     this.segNew = new Uint32Array(count);
     this.segDamaged = new Uint8Array(count);
+    const pc = this.persist ? count : 0; // durable-mode columns cost nothing when it is off
+    this.segWrittenTo = new Uint32Array(pc);
+    this.segJBytes = new Uint32Array(pc);
+    this.segJMax = new Float64Array(pc);
+    this.segCkBytes = new Uint32Array(pc);
+    this.segCkGen = new Uint32Array(pc);
     this.freeSegs = new Uint32Array(count);
     this.freshSegs = new Uint32Array(count);
     this.segWritten = new Uint8Array(count);
     // Pop order 0, 1, 2, ...: a fresh tier fills the medium front to back.
     for (let i = 0; i < count; i++) this.freshSegs[i] = count - 1 - i;
     this.freshCount = count;
-    for (let i = 0; i < nbuf; i++) { this.bufs.push(alignedBuffer(seg)); this.bufFree.push(i); }
+    for (let i = 0; i < nbuf; i++) { this.bufs.push(alignedBuffer(this.segmentSize)); this.bufFree.push(i); }
     this.readSpan = alignUp(ALIGN + REC_HEADER_SIZE + P);
-    // A fresh file header: without durable mode, earlier contents are not used.
+    // A fresh file header: without durable mode, earlier contents are not used. A durable header
+    // found on the medium is kept (recovery reads the segments; writeConfig() updates it).
+    if (found === null) {
+      try {
+        this.writeHeader(P, o.persist?.config);
+      } catch (e) {
+        fs.closeSync(this.fd);
+        throw e;
+      }
+    }
+  }
+
+  /** Writes the file header (4096 B, one aligned write; fdatasync'd in durable mode). */
+  writeHeader(pageSize: number, config?: Buffer): void {
     const h = alignedBuffer(FILE_HEADER_SIZE);
-    encodeFileHeader(h, P, seg, count, opened.size);
+    try {
+      encodeFileHeader(h, pageSize, this.segmentSize, this.segmentCount, this.backingSize, config);
+    } catch (e) {
+      throw new ZdedupError('ERR_INVALID_ARGUMENT', (e as Error).message);
+    }
     try {
       fs.writeSync(this.fd, h, 0, FILE_HEADER_SIZE, 0);
+      if (config !== undefined) fs.fdatasyncSync(this.fd);
     } catch (e) {
-      fs.closeSync(this.fd);
-      throw new ZdedupError('ERR_IO', `cannot write the header of ${o.path}: ${(e as Error).message}`, { cause: e });
+      throw new ZdedupError('ERR_IO', `cannot write the header of ${this.path}: ${(e as Error).message}`, { cause: e });
     }
   }
 
   // ---------------------------------------------------------------------------------------------
   // Appends and sealing
 
-  append(id: number, fpLo: number, fpHi: number, codec: number, src: Uint8Array, off: number, len: number): AppendResult {
+  append(id: number, fpLo: number, fpHi: number, codec: number, src: Uint8Array, off: number, len: number, serial = 0): AppendResult {
     const r = this.room(recordSpan(len), false);
     if (r !== 'ok') return r;
-    encodeRecord(this.bufs[this.cur]!, this.curUsed, id, fpLo, fpHi, codec, src, off, len);
+    encodeRecord(this.bufs[this.cur]!, this.curUsed, id, fpLo, fpHi, codec, src, off, len, serial);
     this.segNew[this.curSeg]! += recordSpan(len);
     this.appended(recordSpan(len));
     return 'ok';
+  }
+
+  /**
+   * Durable mode: appends a journal or checkpoint record (format.ts, KIND_*) whose payload is
+   * src[0, len). It may use the cleaner's reserve (records are small and a FLUSH needs them).
+   * Journal records stay live until a checkpoint covers their sequence; checkpoint records until
+   * a newer checkpoint completes (ckptDone).
+   */
+  appendMeta(kind: number, seq: number, aux: number, gen: number, src: Uint8Array, len: number): AppendResult {
+    const span = recordSpan(len);
+    const r = this.room(span, true);
+    if (r !== 'ok') return r;
+    encodeMetaRecord(this.bufs[this.cur]!, this.curUsed, kind, seq, aux, gen, src, len);
+    this.appended(span);
+    this.countMeta(this.curSeg, kind, seq, gen, span);
+    return 'ok';
+  }
+
+  private countMeta(s: number, kind: number, seq: number, gen: number, span: number): void {
+    if (kind === KIND_JOURNAL) {
+      this.segJBytes[s]! += span;
+      if (seq > this.segJMax[s]!) this.segJMax[s] = seq;
+    } else {
+      this.segCkBytes[s]! += span;
+      if (gen > this.segCkGen[s]!) this.segCkGen[s] = gen;
+    }
+  }
+
+  /** True when a journal or checkpoint record (kind, seq, gen) is still needed by recovery. */
+  private metaLive(kind: number, seq: number, gen: number): boolean {
+    if (kind === KIND_JOURNAL) return seq > this.ckptSeq;
+    return gen === this.ckptGen || (gen === this.ckptWriting && gen !== 0);
+  }
+
+  /** A checkpoint record set of generation `gen` is being written (its records count as live). */
+  ckptStart(gen: number): void {
+    this.ckptWriting = gen;
+  }
+
+  /**
+   * Checkpoint `gen`, covering journal sequence `seq`, is complete in the log: older journal and
+   * checkpoint records are dead. Segments left with nothing live are freed (reused after the next
+   * sync, which makes the checkpoint durable first).
+   */
+  ckptDone(gen: number, seq: number): void {
+    this.ckptSeq = seq;
+    this.ckptGen = gen;
+    this.ckptWriting = 0;
+    for (let s = 0; s < this.segmentCount; s++) {
+      let dead = 0;
+      if (this.segJBytes[s]! > 0 && this.segJMax[s]! <= seq) { dead += this.segJBytes[s]!; this.segJBytes[s] = 0; }
+      if (this.segCkBytes[s]! > 0 && this.segCkGen[s]! < gen) { dead += this.segCkBytes[s]!; this.segCkBytes[s] = 0; }
+      if (dead === 0) continue;
+      this.segLive[s]! -= dead;
+      this.c.disk_live_bytes -= dead;
+      if (this.segLive[s] === 0 && this.segState[s] === SEALED) this.freeSegment(s);
+    }
   }
 
   /** The cleaner's append: the record b[at, at+span) is copied verbatim (header, checksums and all). */
@@ -266,6 +409,11 @@ export class DiskTier implements Tier {
     this.segNew[s] = 0;
     this.segDamaged[s] = 0;
     this.c.disk_used_bytes += SEG_HEADER_SIZE;
+    if (this.persist) {
+      this.segWrittenTo[s] = 0;
+      this.segJBytes[s] = 0; this.segJMax[s] = 0; this.segCkBytes[s] = 0; this.segCkGen[s] = 0;
+      encodeSegHeader(this.bufs[b]!, s, SEG_HEADER_SIZE, 0, this.seq++); // the first partial write carries it
+    }
     return 'ok';
   }
 
@@ -280,13 +428,14 @@ export class DiskTier implements Tier {
     const b = this.cur, s = this.curSeg;
     this.cur = -1;
     this.curSeg = -1;
-    encodeSegHeader(this.bufs[b]!, s, this.curUsed, this.curRecords, this.seq++);
+    if (!this.persist) encodeSegHeader(this.bufs[b]!, s, this.curUsed, this.curRecords, this.seq++); // durable mode stamps it per write
     this.segRecords[s] = this.curRecords;
     this.segState[s] = WRITING;
     this.write(s);
   }
 
   private write(s: number): void {
+    if (this.persist) { this.enqueue(s); return; }
     const b = this.segBuf[s]!;
     const len = alignUp(this.segUsed[s]!);
     const pos = this.segPos(s);
@@ -299,14 +448,158 @@ export class DiskTier implements Tier {
     });
   }
 
-  private written(s: number, len: number): void {
+  // ---------------------------------------------------------------------------------------------
+  // Durable mode: ordered writes, sync (group commit), deferred reuse
+
+  /**
+   * Durable mode writes segments strictly in order, one at a time: a record on the medium implies
+   * every record appended before it is there too (a journal record never outlives the object it
+   * names after a crash). A job is the segment's part not yet written, from the 4 KiB block that
+   * holds its end on the medium: the final write of a sealed segment, or a partial write of the
+   * open one for sync(). Returns the job's number.
+   */
+  private enqueue(s: number): number {
+    this.writeQueue.push(s);
+    const job = ++this.writeJobs;
+    if (this.writesInFlight === 0) this.issueNext();
+    return job;
+  }
+
+  private issueNext(): void {
+    const s = this.writeQueue.shift();
+    if (s === undefined) return;
+    const st = this.segState[s]!;
+    const b = this.segBuf[s]!;
+    if (b < 0 || (st !== OPEN && st !== WRITING)) { this.jobDone(); this.issueNext(); return; }
+    const used = this.segUsed[s]!;
+    const from = this.segWrittenTo[s]! - (this.segWrittenTo[s]! % ALIGN);
+    const to = alignUp(used);
+    if (to <= from && st === OPEN) { this.jobDone(); this.issueNext(); return; }
+    const buf = this.bufs[b]!;
+    const pos = this.segPos(s);
+    // The header's `used` bounds recovery's walk: it is written after the records it covers
+    // (in the same write when the job starts at the segment's first block).
+    const stamp = (): void => {
+      encodeSegHeader(buf, s, used, s === this.curSeg ? this.curRecords : this.segRecords[s]!, buf.readUInt32LE(24) + buf.readUInt32LE(28) * 2 ** 32);
+    };
+    if (from === 0) stamp();
+    this.writesInFlight++;
+    const done = (err: Error | null, bytes: number): void => {
+      this.writesInFlight--;
+      if (err !== null) {
+        this.writeFailures++;
+        if (this.segState[s] === WRITING) this.writeFailed(s, err);
+        else this.events('error', 'disk tier write of the open segment failed (a sync will report it)', { path: this.path, segment: s, cause: err });
+      } else {
+        this.segWrittenTo[s] = used;
+        if (this.segState[s] === WRITING && used === this.segUsed[s]) this.written(s, bytes, to);
+        else this.c.disk_bytes_written += bytes;
+      }
+      this.jobDone();
+      this.issueNext();
+      if (this.writesInFlight === 0) for (const r of this.idleResolvers.splice(0)) r();
+    };
+    fs.write(this.fd, buf, from, to - from, pos + from, (err, n) => {
+      if (err || n !== to - from) { done(err ?? new Error(`short write: ${n} of ${to - from} bytes`), 0); return; }
+      if (from === 0) { done(null, n); return; }
+      stamp();
+      fs.write(this.fd, buf, 0, ALIGN, pos, (err2, n2) => {
+        done(err2 ?? (n2 !== ALIGN ? new Error(`short write: ${n2} of ${ALIGN} bytes`) : null), n + ALIGN);
+      });
+    });
+  }
+
+  private jobDone(): void {
+    this.writesDone++;
+    if (this.drainWaiters.length === 0) return;
+    const keep: typeof this.drainWaiters = [];
+    for (const w of this.drainWaiters) if (w.job <= this.writesDone) w.resolve(); else keep.push(w);
+    this.drainWaiters = keep;
+  }
+
+  /**
+   * Durable mode: resolves once every record appended before the call is on the medium (written
+   * in order, then fdatasync). Concurrent calls share one fdatasync: a call made while a sync
+   * runs joins the next one, which starts when the running one ends (group commit). Rejects
+   * with ERR_IO when a write or the fdatasync failed. Without durable mode it resolves at once.
+   */
+  sync(): Promise<void> {
+    if (!this.persist) return Promise.resolve();
+    if (this.closed) return Promise.reject(new ZdedupError('ERR_CLOSED', 'disk tier is closed'));
+    if (this.syncing === null) {
+      this.syncing = this.runSync().finally(() => { this.syncing = null; });
+      return this.syncing;
+    }
+    this.nextSync ??= this.syncing.catch(() => undefined).then(() => {
+      this.nextSync = null;
+      return this.sync();
+    });
+    return this.nextSync;
+  }
+
+  /**
+   * Durable mode: called at the start of every sync; appends whatever the journal holds and
+   * returns true when nothing is left out. Segments freed so far become reusable after the sync
+   * only then (the journal records that replaced their contents must be on the medium first).
+   */
+  syncBarrier: (() => boolean) | null = null;
+
+  /**
+   * Durable mode: an object's serial, which identifies its record (ids are renumbered by a
+   * restart, so a record's id field is only a hint there). Reads check it instead of the id.
+   */
+  serialOf: ((id: number) => number) | null = null;
+
+  private async runSync(): Promise<void> {
+    const clean = this.syncBarrier?.() ?? true;
+    const freeing = clean ? this.pendingFree : [];
+    if (clean) this.pendingFree = [];
+    const failuresBefore = this.writeFailures;
+    let job = this.writeJobs;
+    if (this.cur >= 0 && this.curUsed > this.segWrittenTo[this.curSeg]!) job = this.enqueue(this.curSeg);
+    try {
+      if (this.writesDone < job) await new Promise<void>((resolve) => { this.drainWaiters.push({ job, resolve }); });
+      if (this.writeFailures !== failuresBefore || this.stranded.length > 0) {
+        throw new ZdedupError('ERR_IO', `disk tier ${this.path}: a segment write failed; the data is not durable yet`);
+      }
+      await new Promise<void>((resolve, reject) => {
+        fs.fdatasync(this.fd, (err) => (err ? reject(new ZdedupError('ERR_IO', `fdatasync ${this.path}: ${err.message}`, { cause: err })) : resolve()));
+      });
+      this.c.disk_syncs++;
+    } catch (e) {
+      this.pendingFree.push(...freeing);
+      throw e;
+    }
+    for (const s of freeing) if (this.segState[s] === PENDING) this.finalFree(s);
+    if (freeing.length > 0) this.wake();
+    if (!clean && this.pendingFree.length > 0) this.scheduleSync();
+  }
+
+  /** A segment freed in durable mode becomes reusable after the next sync; one is started soon. */
+  private deferFree(s: number): void {
+    this.segState[s] = PENDING;
+    this.pendingFree.push(s);
+    this.scheduleSync();
+  }
+
+  private scheduleSync(): void {
+    if (this.syncScheduled || this.closed) return;
+    this.syncScheduled = true;
+    setTimeout(() => {
+      this.syncScheduled = false;
+      if (!this.closed) this.sync().catch((e: unknown) => { this.events('error', 'background sync failed', { path: this.path, cause: e }); });
+    }, 5).unref();
+  }
+
+  /** Segment s is on the medium: `len` bytes were just written, the first `span` of it are to drop from the page cache. */
+  private written(s: number, len: number, span = len): void {
     const b = this.segBuf[s]!;
     this.c.disk_bytes_written += len;
     this.c.disk_new_bytes_written += this.segNew[s]!;
     if (!this.direct) {
       // Written through the page cache: make it durable enough to drop, then drop it.
       const pos = this.segPos(s);
-      fs.fdatasync(this.fd, () => { dropCached(this.fd, pos, len); });
+      fs.fdatasync(this.fd, () => { dropCached(this.fd, pos, span); });
     }
     this.segBuf[s] = -1;
     this.bufFree.push(b);
@@ -351,8 +644,8 @@ export class DiskTier implements Tier {
   // Reads
 
   locateBuffered(w0: number, w1: number): boolean {
-    const b = this.segBuf[w0]!;
-    if (b < 0) return false;
+    const b = this.segBuf[w0];
+    if (b === undefined || b < 0) return false; // (undefined: a lost object's sentinel segment)
     this.locBuf = this.bufs[b]!;
     this.locOff = w1 + REC_HEADER_SIZE;
     return true;
@@ -408,6 +701,7 @@ export class DiskTier implements Tier {
   /** Serves a read from the segment's RAM buffer when it has one (true), else checks it can be read from the medium (false). */
   private readBuffered(w0: number, w1: number, id: number, len: number, fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): boolean {
     if (this.closed) throw new ZdedupError('ERR_CLOSED', 'disk tier is closed');
+    if (w0 >= this.segmentCount) throw this.readError(w0, w1, 'the record was missing or damaged at recovery');
     const b = this.segBuf[w0]!;
     if (b >= 0) {
       this.checkAndCopy(this.bufs[b]!, w1, this.segUsed[w0]!, w0, w1, id, len, fpLo, fpHi, dst, dstOff);
@@ -440,7 +734,8 @@ export class DiskTier implements Tier {
     fpLo: number, fpHi: number, dst: Uint8Array, dstOff: number): void {
     const rv = this.rv;
     if (!readRecordHeader(b, at, limit, rv)) throw this.readError(w0, w1, 'bad record header');
-    if (rv.len !== len || rv.id !== id || rv.fpLo !== fpLo || rv.fpHi !== fpHi) throw this.readError(w0, w1, 'record is not the expected object');
+    const same = this.serialOf === null ? rv.id === id : rv.serial === this.serialOf(id);
+    if (rv.len !== len || !same || rv.fpLo !== fpLo || rv.fpHi !== fpHi) throw this.readError(w0, w1, 'record is not the expected object');
     if (!checkPayload(b, at, len)) throw this.readError(w0, w1, 'payload checksum mismatch');
     dst.set(b.subarray(at + REC_HEADER_SIZE, at + REC_HEADER_SIZE + len), dstOff);
   }
@@ -451,17 +746,18 @@ export class DiskTier implements Tier {
   }
 
   pin(s: number): void {
-    this.segReaders[s]!++;
+    if (s < this.segmentCount) this.segReaders[s]!++;
   }
 
   unpin(s: number): void {
-    if (--this.segReaders[s]! === 0 && this.segState[s] === FREEING) this.reallyFree(s);
+    if (s < this.segmentCount && --this.segReaders[s]! === 0 && this.segState[s] === FREEING) this.reallyFree(s);
   }
 
   // ---------------------------------------------------------------------------------------------
   // Release, free space, cleaning
 
   release(w0: number, w1: number, len: number): void {
+    if (w0 >= this.segmentCount) return; // a lost object holds no space
     const span = recordSpan(len);
     this.segLive[w0]! -= span;
     this.c.disk_live_bytes -= span;
@@ -504,6 +800,11 @@ export class DiskTier implements Tier {
 
   private reallyFree(s: number): void {
     if (this.segState[s] === FREEING) this.freeing--;
+    if (this.persist) { this.deferFree(s); return; }
+    this.finalFree(s);
+  }
+
+  private finalFree(s: number): void {
     this.inUse--;
     this.segState[s] = FREE;
     if (this.segWritten[s] !== 0) this.freeSegs[this.freeWritten++] = s;
@@ -518,7 +819,7 @@ export class DiskTier implements Tier {
    */
   private reclaimable(): boolean {
     const garbage = this.c.disk_used_bytes - this.c.disk_live_bytes - this.inUse * SEG_HEADER_SIZE;
-    return garbage > 0 || this.freeing > 0 || this.writesInFlight > 0;
+    return garbage > 0 || this.freeing > 0 || this.writesInFlight > 0 || this.pendingFree.length > 0 || this.syncing !== null;
   }
 
   needsCleaning(): boolean {
@@ -558,7 +859,9 @@ export class DiskTier implements Tier {
         fs.read(this.fd, b, 0, len, this.segPos(s), (err, got) => (err ? reject(err) : resolve(got)));
       });
       if (!this.direct) dropCached(this.fd, this.segPos(s), len);
-      if (n !== len || checkSegHeader(b, s, this.segmentSize) !== used) return this.damaged(s, r, 'segment header');
+      // Durable mode writes a segment in parts and recovery rebuilds `used` from the records, so
+      // the header's `used` may lag; its records check themselves.
+      if (n !== len || (!this.persist && checkSegHeader(b, s, this.segmentSize) !== used)) return this.damaged(s, r, 'segment header');
     } catch (e) {
       this.c.disk_read_errors++;
       return this.damaged(s, r, (e as Error).message);
@@ -596,20 +899,50 @@ export class DiskTier implements Tier {
    */
   private moveLive(b: Uint8Array, s: number, used: number, owner: CleaningOwner, r: CleanResult, where: string): boolean {
     const rv = this.rv;
-    for (let at = SEG_HEADER_SIZE; at < used && this.segLive[s] !== 0; at += recordSpan(rv.len)) {
-      if (!readRecordHeader(b, at, used, rv)) { this.damaged(s, r, `record header at ${at} ${where}`); return false; }
-      const what = owner.liveness(rv.id, s, at);
+    for (let at = SEG_HEADER_SIZE, step = 0; at < used && this.segLive[s] !== 0; at += step) {
+      if (!readRecordHeader(b, at, used, rv)) {
+        // Durable mode: a torn or rotted record that recovery skipped over; resynchronise 8 bytes on, as recovery does.
+        if (this.persist) { step = 8; continue; }
+        this.damaged(s, r, `record header at ${at} ${where}`);
+        return false;
+      }
+      step = recordSpan(rv.len);
+      if (isMetaKind(rv.codec)) {
+        if (!this.moveMeta(b, s, at, r)) return false;
+        continue;
+      }
+      const id = owner.resolve !== undefined ? owner.resolve(rv.id, s, at, rv.fpLo, rv.fpHi) : rv.id;
+      const what = id < 0 ? 'dead' : owner.liveness(id, s, at);
       if (what === 'dead') continue;
       const span = recordSpan(rv.len);
       if (what === 'move') {
         if (this.appendCopy(b, at, span) !== 'ok') { r.outcome = 'busy'; return false; }
-        owner.relocated(rv.id, this.lastW0, this.lastW1);
+        owner.relocated(id, this.lastW0, this.lastW1);
         r.moved_records++;
         r.moved_bytes += span;
       }
       this.segLive[s]! -= span;
       this.c.disk_live_bytes -= span;
     }
+    return true;
+  }
+
+  /** The cleaner meets a journal or checkpoint record at b[at..] of segment s: copy it forward if still live. */
+  private moveMeta(b: Uint8Array, s: number, at: number, r: CleanResult): boolean {
+    const rv = this.rv;
+    const kind = rv.codec, seq = rv.id + rv.fpLo * 2 ** 32, gen = rv.serial ?? 0;
+    const span = recordSpan(rv.len);
+    const counted = kind === KIND_JOURNAL ? this.segJBytes : this.segCkBytes;
+    if (counted[s]! === 0) return true; // already uncounted by ckptDone: dead
+    if (this.metaLive(kind, seq, gen)) {
+      if (this.appendCopy(b, at, span) !== 'ok') { r.outcome = 'busy'; return false; }
+      this.countMeta(this.lastW0, kind, seq, gen, span);
+      r.moved_records++;
+      r.moved_bytes += span;
+    }
+    counted[s]! -= span;
+    this.segLive[s]! -= span;
+    this.c.disk_live_bytes -= span;
     return true;
   }
 
@@ -628,6 +961,65 @@ export class DiskTier implements Tier {
   private wake(): void {
     if (this.waiters.length === 0) return;
     for (const w of this.waiters.splice(0)) w();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Durable mode: adopting what recovery found
+
+  /**
+   * Recovery found a live record of `span` bytes at the start-relative offset of segment s whose
+   * records end at `used` (the end of its last valid record). Call for every live object, journal
+   * and checkpoint record, then adoptDone(). Only on a fresh tier (nothing appended yet).
+   */
+  adoptRecord(s: number, used: number, span: number, kind = -1, seq = 0, gen = 0): void {
+    if (this.segState[s] === FREE) {
+      this.segState[s] = SEALED;
+      this.segUsed[s] = used;
+      this.segWrittenTo[s] = used;
+      this.segWritten[s] = 1;
+      this.segSealed[s] = Date.now();
+      this.inUse++;
+      this.c.disk_used_bytes += used;
+    }
+    this.segLive[s]! += span;
+    this.c.disk_live_bytes += span;
+    if (kind >= 0) this.countMeta(s, kind, seq, gen, span);
+  }
+
+  /**
+   * Durable mode: the sequence of the segment open now (the next one's when none is): every record
+   * appended from now on lands in a segment with this sequence or a higher one (a checkpoint's watermark).
+   */
+  openSegmentSeq(): number {
+    return this.cur >= 0 ? this.bufs[this.cur]!.readUInt32LE(24) + this.bufs[this.cur]!.readUInt32LE(28) * 2 ** 32 : this.seq;
+  }
+
+  /** True when something was adopted into segment s (recovery). */
+  segmentInUse(s: number): boolean {
+    return this.segState[s] !== FREE;
+  }
+
+  /**
+   * Ends adoption: the free stacks hold the segments nothing was adopted into; `ckpt*`: the
+   * checkpoint recovery used. Journal and checkpoint records it makes dead are uncounted (a segment
+   * left with nothing live is freed after the first sync).
+   */
+  adoptDone(ckptGen: number, ckptSeq: number, maxSegSeq: number): void {
+    this.seq = Math.max(this.seq, maxSegSeq + 1);
+    this.freshCount = 0;
+    this.freeWritten = 0;
+    for (let s = this.segmentCount - 1; s >= 0; s--) if (this.segState[s] === FREE) this.freshSegs[this.freshCount++] = s;
+    this.ckptDone(ckptGen, ckptSeq);
+  }
+
+  /** fdatasyncs done by sync() (durable mode). */
+  get syncCount(): number {
+    return this.c.disk_syncs;
+  }
+
+  /** Durable mode's state for fsck and tests: the checkpoint the tier counts from. */
+  checkpointState(): { gen: number; seq: number } {
+    return { gen: this.ckptGen, seq: this.ckptSeq };
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -670,7 +1062,7 @@ export class DiskTier implements Tier {
     let live = 0, used = 0;
     for (let s = 0; s < this.segmentCount; s++) {
       const st = this.segState[s]!;
-      if (st === FREE || st === FREEING) {
+      if (st === FREE || st === FREEING || st === PENDING) {
         if (this.segLive[s] !== 0 && st === FREE) throw new Error(`free segment ${s} has live bytes`);
         continue;
       }
@@ -685,6 +1077,11 @@ export class DiskTier implements Tier {
     if (inUse + this.freeCount !== this.segmentCount) throw new Error(`in use ${inUse} + free ${this.freeCount} != ${this.segmentCount}`);
     if (live !== this.c.disk_live_bytes) throw new Error(`disk_live_bytes ${this.c.disk_live_bytes} != ${live}`);
     if (used !== this.c.disk_used_bytes) throw new Error(`disk_bytes ${this.c.disk_used_bytes} != ${used}`);
+  }
+
+  /** Durable mode, tests: byte offset in the backing just past what the last sync put on the medium in the open segment (0 if none). */
+  durableEndForTest(): number {
+    return this.cur >= 0 ? this.segPos(this.curSeg) + this.segWrittenTo[this.curSeg]! : 0;
   }
 
   /** Live bytes the tier holds for segment s (white-box tests). */
@@ -704,7 +1101,6 @@ export class DiskTier implements Tier {
   }
 }
 
-/** Opens (creating or resizing a file as asked) with O_DIRECT when wanted and possible. */
 /** Refuses (closing fd) a backing whose first block is neither zeroes nor a zdedup file header. */
 function checkOurs(fd: number, path: string): void {
   const b = alignedBuffer(FILE_HEADER_SIZE);
@@ -722,7 +1118,26 @@ function checkOurs(fd: number, path: string): void {
     `backing ${path} holds other data (no zdedup header and not zeroes): refusing to overwrite it; pass --backing-overwrite if it is really meant to be used`);
 }
 
-function openBacking(path: string, size: number | undefined, direct: boolean): { fd: number; size: number; direct: boolean; existed: boolean } {
+/** The durable file header of the backing at `path`, or null (missing file, no header, not durable). */
+export function durableHeaderOf(path: string): FileHeader | null {
+  let fd: number;
+  try { fd = fs.openSync(path, 'r'); } catch { return null; }
+  try {
+    const b = Buffer.alloc(FILE_HEADER_SIZE);
+    const n = fs.readSync(fd, b, 0, FILE_HEADER_SIZE, 0);
+    if (n < FILE_HEADER_SIZE) return null;
+    const h = decodeFileHeader(b);
+    return h !== null && h.durable ? h : null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Opens (creating or resizing a file as asked) with O_DIRECT when wanted and possible. `keep`: the
+ * size a durable header records; a file found shorter (cut) is extended back to it with zeroes.
+ */
+function openBacking(path: string, size: number | undefined, direct: boolean, keep?: number): { fd: number; size: number; direct: boolean; existed: boolean } {
   const C = fs.constants;
   let st: fs.Stats | undefined;
   try { st = fs.statSync(path); } catch (e) {
@@ -763,6 +1178,15 @@ function openBacking(path: string, size: number | undefined, direct: boolean): {
       }
     }
     bytes = size ?? st!.size;
+    if (keep !== undefined) {
+      if (st!.size < keep) {
+        try { fs.ftruncateSync(fd, keep); } catch (e) {
+          fs.closeSync(fd);
+          throw new ZdedupError('ERR_IO', `cannot extend backing ${path} back to ${keep} bytes: ${(e as Error).message}`, { cause: e });
+        }
+      }
+      bytes = keep;
+    }
   }
   return { fd, size: bytes, direct: isDirect, existed: st !== undefined && (st.isBlockDevice() || st.size > 0) };
 }

@@ -63,6 +63,10 @@ export interface ServeConfig {
   remote: RemoteConfig | null;
   /** The cold tier (--cold-codec; null: off) with its idle time and group size. */
   cold: { codec: string; afterSeconds: number; groupPages: number } | null;
+  /** Durable mode: acknowledged FLUSH / FUA writes survive a crash and a restart on the same backing. */
+  persist: boolean;
+  /** Durable mode: journal bytes between checkpoints (undefined: the store's default, 64 MiB). */
+  checkpointInterval: number | undefined;
   /** Allow --http on a non-loopback address (read-only stats, no authentication), and NBD on one without required TLS. */
   insecure: boolean;
   logLevel: LogLevel;
@@ -98,6 +102,8 @@ interface RawSettings extends RemoteRaw {
   coldCodec?: string;
   coldAfter?: string;
   coldGroup?: string;
+  persist?: boolean;
+  checkpointInterval?: string;
   insecure?: boolean;
   logLevel?: string;
   stdio?: boolean;
@@ -134,6 +140,8 @@ const ENV: Record<keyof RawSettings, string> = {
   coldCodec: 'ZDEDUP_COLD_CODEC',
   coldAfter: 'ZDEDUP_COLD_AFTER',
   coldGroup: 'ZDEDUP_COLD_GROUP',
+  persist: 'ZDEDUP_PERSIST',
+  checkpointInterval: 'ZDEDUP_CHECKPOINT_INTERVAL',
   insecure: 'ZDEDUP_INSECURE',
   logLevel: 'ZDEDUP_LOG_LEVEL',
   stdio: 'ZDEDUP_STDIO',
@@ -148,7 +156,9 @@ const ENV: Record<keyof RawSettings, string> = {
   tlsPsk: 'ZDEDUP_TLS_PSK',
   tlsVerifyPeer: 'ZDEDUP_TLS_VERIFY_PEER',
 };
-const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio', 'writethrough', 'insecure', 'tlsVerifyPeer']);
+const BOOLEAN_KEYS = new Set<keyof RawSettings>(['readOnly', 'sharedDedup', 'stdio', 'writethrough', 'persist', 'insecure', 'tlsVerifyPeer']);
+/** --max-pool when --persist is given without it: RAM is then only a cache of the log's hottest objects. */
+export const DEFAULT_PERSIST_POOL = '256M';
 
 const HELP_AFTER = `
 Sizes take K/M/G/T suffixes (binary). Every setting may also come from the environment,
@@ -165,6 +175,10 @@ Examples:
   zdedup serve --max-pool 2G --backing /var/lib/zdedup/cold.img --backing-size 32G
       a RAM pool of at most 2 GiB; its coldest objects move, still compressed, into 4 MiB
       segments of the backing file (a file or a block device); writes fail only when both are full
+  zdedup serve --backing /var/lib/zdedup/vm.img --backing-size 64G --size 20G --persist
+      durable mode: every write acknowledged after a FLUSH (or sent with FUA) survives kill -9
+      and a restart on the same backing; the export's size and the page size are kept in it
+      (restart without --backing-size; --size may grow, never shrink); zdedup fsck checks it
   zdedup serve --max-pool 25% --backing /dev/vdb --writethrough
       every new object also goes to the disk at once, so evicting it later costs no write
   zdedup serve --codec lz4 --cold-codec zstd:9 --cold-after 60 --cold-group 8
@@ -210,11 +224,13 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--shared-dedup', 'deduplicate across exports (default: each export is its own dedup domain)')
     .option('--max-pool <size|N%>', 'cap the RAM pool (bytes, or a percentage of RAM); without --backing, writes beyond it fail with ENOSPC (default unbounded)')
     .option('--accept-threshold <percent>', 'after the pool hits its limit, new objects bypass RAM until writeback brings it to this percent of the limit (default 90)')
-    .option('--backing <path>', 'disk tier: a file (created with --backing-size) or block device that takes cold objects, still compressed, in large segments; its old contents are not kept')
+    .option('--backing <path>', 'disk tier: a file (created with --backing-size) or block device that takes cold objects, still compressed, in large segments; its old contents are not kept unless --persist')
     .option('--backing-size <size>', 'size to create or resize the --backing file to (a new file needs it)')
     .option('--segment-size <size>', 'disk tier segment size, a multiple of 4K (default 4M)')
     .option('--backing-overwrite', 'use a --backing that holds other data (by default only zeroes or an earlier zdedup backing are taken)')
-    .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)');
+    .option('--writethrough', 'also append every new object to the disk tier at store time (eviction then costs no write)')
+    .option('--persist', `durable mode: writes acknowledged after a FLUSH (or with FUA) survive a crash and restart on the same --backing, which keeps the exports and their sizes; without it a restart starts empty (--max-pool defaults to ${DEFAULT_PERSIST_POOL} here: RAM caches the log)`)
+    .option('--checkpoint-interval <size>', 'with --persist: journal bytes between checkpoints of the slot maps (default 64M; smaller = shorter replay at start, more writes)');
   addRemoteOptions(serve)
     .option('--cold-codec <zstd:LEVEL|off>', `cold tier: objects idle for --cold-after are recompressed with zstd in groups of --cold-group pages, in RAM (default off; ${DEFAULT_COLD_CODEC} when on is the measured choice, see README)`)
     .option('--cold-after <seconds>', `idle time before an object goes cold (default ${DEFAULT_COLD_AFTER_SECONDS}; 0 = at the next pass)`)
@@ -269,6 +285,8 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   } else {
     exports = [{ name: '', size: parseSize(pick('size') ?? DEFAULT_SIZE), readOnly, description: describeExport('', readOnly) }];
   }
+  // What a restart keeps, told to clients in the export's description (NBD INFO_DESCRIPTION, LIST).
+  for (const e of exports) e.description = `${e.description ?? ''}${pick('persist') === true ? ', durable: flushed writes survive a restart' : ', volatile: a restart starts empty'}`;
 
   const listenArg = pick('listen');
   const listen = listenArg !== undefined ? parseHostPort(listenArg, DEFAULT_NBD_PORT, '--listen') : null;
@@ -285,7 +303,13 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   const backingSizeArg = pick('backingSize');
   const segmentSizeArg = pick('segmentSize');
   const writethrough = pick('writethrough') === true;
-  const maxPool = maxPoolArg !== undefined ? parsePoolLimit(maxPoolArg) : 0;
+  const persist = pick('persist') === true;
+  if (persist && backing === null) throw new ZdedupError('ERR_INVALID_ARGUMENT', '--persist needs --backing PATH: the log that survives a restart');
+  const ckptArg = pick('checkpointInterval');
+  if (ckptArg !== undefined && !persist) throw new ZdedupError('ERR_INVALID_ARGUMENT', '--checkpoint-interval needs --persist');
+  const checkpointInterval = ckptArg !== undefined ? parseSize(ckptArg) : undefined;
+  if (checkpointInterval !== undefined && checkpointInterval < 4096) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--checkpoint-interval must be at least 4K, got "${ckptArg}"`);
+  const maxPool = maxPoolArg !== undefined ? parsePoolLimit(maxPoolArg) : persist ? parseSize(DEFAULT_PERSIST_POOL) : 0;
   const backingOverwrite = pick('backingOverwrite') === true;
   if (backing === null && (backingSizeArg !== undefined || segmentSizeArg !== undefined || writethrough || backingOverwrite)) {
     throw new ZdedupError('ERR_INVALID_ARGUMENT', '--backing-size, --segment-size, --backing-overwrite and --writethrough need --backing PATH');
@@ -295,6 +319,10 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   }
   const remote = resolveRemoteConfig(pick, maxPool);
   const cold = parseColdSettings(pick('coldCodec'), pick('coldAfter'), pick('coldGroup'));
+  if (persist && remote !== null) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', '--persist works with --backing alone: objects in a --remote tier are not part of the durable log');
+  }
+  if (persist && cold !== null) throw new ZdedupError('ERR_INVALID_ARGUMENT', '--persist and --cold-codec do not go together yet: cold groups are not in the durable log');
   const tlsArg = pick('tls');
   if (tlsArg !== undefined && !isTlsMode(tlsArg)) throw new ZdedupError('ERR_INVALID_ARGUMENT', `--tls must be off, on or require, got "${tlsArg}"`);
   const tlsCertificates = pick('tlsCertificates') ?? null;
@@ -349,6 +377,8 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
     backingOverwrite,
     remote,
     cold,
+    persist,
+    checkpointInterval,
     insecure,
     logLevel,
     socketMode: socketModeArg !== undefined ? parseSocketMode(socketModeArg) : 0o600,
@@ -548,6 +578,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     acceptThresholdPercent: cfg.acceptThreshold, writethrough: cfg.writethrough,
     ...tierOptions(cfg, (level, msg, fields) => log[level](msg, fields)),
     cold: cfg.cold ?? undefined,
+    persist: cfg.persist ? { checkpointBytes: cfg.checkpointInterval } : false,
     background: true, // writeback, cleaning and compaction (src/core/maintenance.ts)
     events: (level, msg, fields) => log[level](msg, fields),
   });
@@ -631,7 +662,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     exports: cfg.exports.map((e) => ({ name: e.name, size: e.size, read_only: e.readOnly === true })),
     page_size: cfg.pageSize, codec: cfg.codec, shared_dedup: cfg.sharedDedup, max_pool: cfg.maxPool,
     accept_threshold: cfg.acceptThreshold, backing: cfg.backing, backing_size: store.stats().backing_size,
-    writethrough: cfg.writethrough, pid: process.pid,
+    writethrough: cfg.writethrough, persist: cfg.persist, pid: process.pid,
     ...(cfg.remote !== null ? { remote: cfg.remote.url, remote_domain: cfg.remote.domain, remote_placement: cfg.backing !== null ? cfg.remote.placement : null } : {}),
     ...(cfg.cold !== null ? { cold_codec: cfg.cold.codec, cold_after: cfg.cold.afterSeconds, cold_group: cfg.cold.groupPages } : {}),
     max_connections: cfg.limits.maxConnections, handshake_timeout_ms: cfg.limits.handshakeTimeoutMs,
