@@ -105,3 +105,47 @@ export function buildCorpus(name: string, pages: number): string {
   renameSync(tmp, path);
   return path;
 }
+
+/**
+ * Per page: 35% JSON/log text, 30% struct-like binary, 15% incompressible, 10% a copy of one of
+ * the last 4096 pages (dedup), 5% same-filled (nonzero word), 5% zero. Seeded; reused when present.
+ */
+export function buildMixedCorpus(pages: number): string {
+  const path = join(corporaDir(), `tier-mix-${pages}.pages`);
+  if (existsSync(path) && statSync(path).size === pages * PAGE) return path;
+  const tmp = path + '.tmp';
+  const fd = openSync(tmp, 'w');
+  const rng = new Rng(20261122);
+  const recent: Buffer[] = [];
+  const chunk = Buffer.alloc(256 * PAGE);
+  try {
+    for (let i = 0; i < pages; i += 256) {
+      const n = Math.min(256, pages - i);
+      chunk.fill(0);
+      for (let j = 0; j < n; j++) {
+        const page = chunk.subarray(j * PAGE, (j + 1) * PAGE);
+        const r = rng.below(100);
+        if (r < 35) textPage(rng, page);
+        else if (r < 65) structPage(rng, page);
+        else if (r < 80) rng.fill(page);
+        else if (r < 90 && recent.length > 0) recent[rng.below(recent.length)]!.copy(page);
+        else if (r < 95) fillWord(page, rng.next());
+        else continue; // zero
+        if (r < 80) {
+          if (recent.length < 4096) recent.push(Buffer.from(page));
+          else page.copy(recent[rng.below(4096)]!);
+        }
+      }
+      writeSync(fd, chunk, 0, n * PAGE);
+    }
+  } finally { closeSync(fd); }
+  renameSync(tmp, path);
+  return path;
+}
+
+/** A same-filled page: one nonzero 8-byte word repeated. */
+function fillWord(page: Buffer, w: number): void {
+  page.writeUInt32LE((w | 1) >>> 0, 0);
+  page.writeUInt32LE(w >>> 3, 4);
+  for (let o = 8; o < PAGE; o += 8) page.copy(page, o, 0, 8);
+}

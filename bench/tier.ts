@@ -45,7 +45,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { corporaDir, PAGE, Rng, structPage, textPage } from './corpora.js';
+import { buildMixedCorpus, PAGE } from './corpora.js';
 import { describeMachine, machineMarkdown } from './machine.js';
 import {
   filesEqual, freePort, type Lat, loadavg, readFioReport, REPO, saveResults, SERVE_NODE_FLAGS, sleep, spawnServer, stopServer, toolVersion,
@@ -53,54 +53,6 @@ import {
 } from './servers.js';
 
 const MiB = 2 ** 20;
-
-// ---------------------------------------------------------------------------------------------
-// Corpus
-// ---------------------------------------------------------------------------------------------
-
-/**
- * Per page: 35% JSON/log text, 30% struct-like binary, 15% incompressible, 10% a copy of one of
- * the last 4096 pages (dedup), 5% same-filled (nonzero word), 5% zero. Seeded; reused when present.
- */
-function buildMixedCorpus(pages: number): string {
-  const path = join(corporaDir(), `tier-mix-${pages}.pages`);
-  if (existsSync(path) && statSync(path).size === pages * PAGE) return path;
-  const tmp = path + '.tmp';
-  const fd = openSync(tmp, 'w');
-  const rng = new Rng(20261122);
-  const recent: Buffer[] = [];
-  const chunk = Buffer.alloc(256 * PAGE);
-  try {
-    for (let i = 0; i < pages; i += 256) {
-      const n = Math.min(256, pages - i);
-      chunk.fill(0);
-      for (let j = 0; j < n; j++) {
-        const page = chunk.subarray(j * PAGE, (j + 1) * PAGE);
-        const r = rng.below(100);
-        if (r < 35) textPage(rng, page);
-        else if (r < 65) structPage(rng, page);
-        else if (r < 80) rng.fill(page);
-        else if (r < 90 && recent.length > 0) recent[rng.below(recent.length)]!.copy(page);
-        else if (r < 95) fillWord(page, rng.next());
-        else continue; // zero
-        if (r < 80) {
-          if (recent.length < 4096) recent.push(Buffer.from(page));
-          else page.copy(recent[rng.below(4096)]!);
-        }
-      }
-      writeSync(fd, chunk, 0, n * PAGE);
-    }
-  } finally { closeSync(fd); }
-  renameSync(tmp, path);
-  return path;
-}
-
-/** A same-filled page: one nonzero 8-byte word repeated. */
-function fillWord(page: Buffer, w: number): void {
-  page.writeUInt32LE((w | 1) >>> 0, 0);
-  page.writeUInt32LE(w >>> 3, 4);
-  for (let o = 8; o < PAGE; o += 8) page.copy(page, o, 0, 8);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers (processes, sockets, /stats, fio)
