@@ -596,6 +596,9 @@ export class ColdTier {
       this.gCount.byteLength + this.gLive.byteLength + this.gMember.byteLength;
   }
 
+  /** Live objects in cold groups (a counter: stats() also scans for cold_pending_pages). */
+  liveObjects(): number { return this.c.cold_objects; }
+
   /** RAM held by cold segments (what poolOverTarget counts beside the pool). */
   bytes(): number { return this.c.cold_bytes; }
 

@@ -202,14 +202,9 @@ export class Maintenance {
     const s = this.store;
     const tier = this.tier;
     try {
-      // 1. Writeback: cold groups first (colder than anything in the LRU), then the LRU tail.
+      // 1. Writeback: ephemeral pages are dropped first; then cold groups are written back
+      // (colder than anything in the LRU), then the LRU tail.
       if (tier !== null && s.poolOverTarget()) {
-        if (s.coldObjects() > 0) {
-          this.stepKind = 'writeback-cold';
-          const r = s.evictCold(EVICT_STEP_BYTES);
-          if (r === 'done') { this.recovered(); return true; }
-          if (r !== 'empty') return this.writebackBlocked(r);
-        }
         if (s.poolObjectBytes() <= s.poolTargetBytes() * 0.95) {
           this.stepKind = 'writeback-compact';
           const r = s.compact(COMPACT_STEP_OBJECTS);
@@ -220,6 +215,12 @@ export class Maintenance {
           this.stepKind = 'ephemeral-drop';
           s.dropEphemeral(EVICT_STEP_BYTES);
           return true;
+        }
+        if (s.coldObjects() > 0) {
+          this.stepKind = 'writeback-cold';
+          const r = s.evictCold(EVICT_STEP_BYTES);
+          if (r === 'done') { this.recovered(); return true; }
+          if (r !== 'empty') return this.writebackBlocked(r);
         }
         this.stepKind = 'writeback';
         const r = s.evictOldest(EVICT_STEP_BYTES);

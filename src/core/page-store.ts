@@ -1744,7 +1744,7 @@ export class PageStore {
 
   /** Live objects in cold groups. */
   coldObjects(): number {
-    return this.cold?.stats().cold_objects ?? 0;
+    return this.cold?.liveObjects() ?? 0;
   }
 
   /**
