@@ -104,7 +104,10 @@ for (const tiered of [false, true]) {
     assert.ok(saw.grouped > 0, 'groups were written');
     assert.ok(saw.loads > 0, 'loads were served from groups');
     assert.ok(saw.promoted > 0, 'second loads promoted pages');
-    assert.ok(saw.cleaned > 0, 'cold segments were cleaned');
+    // With the disk tier the writer takes most cold groups to disk before garbage makes their
+    // segments worth cleaning (4-7 cleanings in 80 runs, sometimes 0): cleaning coverage comes from
+    // the RAM-only variant (~30 per 80 runs); the tiered one still checks every load against the model.
+    if (!tiered) assert.ok(saw.cleaned > 0, 'cold segments were cleaned');
     assert.ok(saw.skipped > 0, 'groups zstd could not shrink stayed hot');
     if (tiered) assert.ok(saw.writtenBack > 0, 'cold objects were written back to the disk tier');
   });
