@@ -42,3 +42,25 @@ export async function applyModelOp(store: PageStore, areas: AreaId[], model: Map
     case 'invArea': store.invalidateArea(areas[op.area]!); model[op.area]!.clear(); break;
   }
 }
+
+/**
+ * Loads all `pages` pages of every area in one async batch and compares each with the model (a
+ * page never stored reads as zeroes), then checks the store's live-slot count, that nothing failed
+ * to decompress, and its white-box invariants.
+ */
+export async function checkAreasAgainstModel(store: PageStore, areas: AreaId[], model: Map<number, Buffer>[], pages: number): Promise<void> {
+  const P = store.pageSize;
+  for (let a = 0; a < areas.length; a++) {
+    const all = Buffer.alloc(pages * P, 0xee);
+    const hits = await store.startLoadBatch(areas[a]!, 0, pages, all);
+    assert.equal(hits, model[a]!.size, `area ${a}: hits`);
+    for (let off = 0; off < pages; off++) {
+      const want = model[a]!.get(off) ?? Buffer.alloc(P);
+      assert.ok(all.subarray(off * P, (off + 1) * P).equals(want), `area ${a} page ${off} differs`);
+    }
+  }
+  const s = store.stats();
+  assert.equal(s.stored_pages, model.reduce((n, m) => n + m.size, 0), 'stored_pages = live slots');
+  assert.equal(s.decompress_fail, 0);
+  store.checkInvariants();
+}

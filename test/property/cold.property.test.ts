@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { PageStore, type AreaId } from '../../src/core/page-store.js';
-import { applyModelOp, type ModelOp } from '../helpers/model-ops.js';
+import { applyModelOp, checkAreasAgainstModel, type ModelOp } from '../helpers/model-ops.js';
 import { fillRandom, makePage, type Kind } from '../helpers/pages.js';
 
 const PAGES = 32;
@@ -39,21 +39,8 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 );
 
 async function checkAll(store: PageStore, areas: AreaId[], model: Map<number, Buffer>[]): Promise<void> {
-  const P = store.pageSize;
-  for (let a = 0; a < areas.length; a++) {
-    const all = Buffer.alloc(PAGES * P, 0xee);
-    const hits = await store.startLoadBatch(areas[a]!, 0, PAGES, all);
-    assert.equal(hits, model[a]!.size, `area ${a}: hits`);
-    for (let off = 0; off < PAGES; off++) {
-      const want = model[a]!.get(off) ?? Buffer.alloc(P);
-      assert.ok(all.subarray(off * P, (off + 1) * P).equals(want), `area ${a} page ${off} differs`);
-    }
-  }
-  const s = store.stats();
-  assert.equal(s.stored_pages, model[0]!.size + model[1]!.size, 'stored_pages = live slots');
-  assert.equal(s.decompress_fail, 0);
-  assert.equal(s.disk_read_errors, 0);
-  store.checkInvariants();
+  await checkAreasAgainstModel(store, areas, model, PAGES);
+  assert.equal(store.stats().disk_read_errors, 0);
 }
 
 for (const tiered of [false, true]) {

@@ -13,6 +13,7 @@ import { PageStore, type AreaId } from '../../src/core/page-store.js';
 import { RemoteTier } from '../../src/tiers/remote/remote-tier.js';
 import { makePage, type Kind } from '../helpers/pages.js';
 import { RedisCluster, redisMissing } from '../helpers/redis-cluster.js';
+import { checkAreasAgainstModel } from '../helpers/model-ops.js';
 
 const PAGES = 40;
 const KINDS_T: Kind[] = ['random', 'random', 'random', 'text', 'dup', 'zero', 'same'];
@@ -36,20 +37,8 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 );
 
 async function checkAll(store: PageStore, areas: AreaId[], model: Map<number, Buffer>[]): Promise<void> {
-  for (let a = 0; a < areas.length; a++) {
-    const all = Buffer.alloc(PAGES * store.pageSize, 0xee);
-    const hits = await store.startLoadBatch(areas[a]!, 0, PAGES, all);
-    assert.equal(hits, model[a]!.size, `area ${a}: hits`);
-    for (let off = 0; off < PAGES; off++) {
-      const want = model[a]!.get(off) ?? Buffer.alloc(store.pageSize);
-      assert.ok(all.subarray(off * store.pageSize, (off + 1) * store.pageSize).equals(want), `area ${a} page ${off} differs`);
-    }
-  }
-  const s = store.stats();
-  assert.equal(s.stored_pages, model[0]!.size + model[1]!.size, 'stored_pages = live slots');
-  assert.equal(s.remote_errors, 0, 'no remote errors');
-  assert.equal(s.decompress_fail, 0);
-  store.checkInvariants();
+  await checkAreasAgainstModel(store, areas, model, PAGES);
+  assert.equal(store.stats().remote_errors, 0, 'no remote errors');
 }
 
 test('store over a Redis Cluster remote tier matches a plain model (tiny RAM pool)', { skip }, async () => {
