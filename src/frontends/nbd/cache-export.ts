@@ -47,7 +47,7 @@ import { ZdedupError } from '../../errors.js';
 import { alignedBuffer, dropCached } from '../../tiers/disk/aligned.js';
 import type { Logger } from '../log.js';
 import { NbdExport, type ExportSpec } from './export.js';
-import { BLOCK_STATUS_MAX_BYTES, ERRNO, STATE_ZERO, type WireErrno } from './protocol.js';
+import { ERRNO, STATE_ZERO, type WireErrno } from './protocol.js';
 
 /** File reads in flight at most, over every cache export (each holds one buffer of its run). */
 const FILE_READS_IN_FLIGHT = 16;
@@ -465,30 +465,19 @@ export class CacheExport extends NbdExport {
    * state merge; at most BLOCK_STATUS_MAX_BYTES per reply, or one extent with reqOne.
    */
   override blockStatus(offset: number, length: number, reqOne: boolean, out: Uint32Array, maxExtents: number): number {
-    const P = this.pageSize;
     const img = this.img;
     const store = this.cache.store;
     const pool = this.cache.pool;
-    const reqEnd = offset + length;
-    let page = Math.floor(offset / P);
-    const lastPage = Math.min(Math.floor((reqEnd - 1) / P), page + Math.max(1, Math.floor(BLOCK_STATUS_MAX_BYTES / P)) - 1);
     const stateOf = (p: number): number => (store.peek(pool, img.keyOf(p), p) === 1 ? STATE_ZERO : 0);
-    let n = 0;
-    let runStart = offset;
-    while (page <= lastPage) {
-      const state = stateOf(page);
-      let end = page + 1;
-      while (end <= lastPage && stateOf(end) === state) end++;
-      const stop = Math.min(end * P, reqEnd);
-      out[2 * n] = stop - runStart;
-      out[2 * n + 1] = state;
-      n++;
-      if (end > lastPage || reqOne || n === maxExtents) return n;
-      runStart = stop;
-      page = end;
-    }
-    return n;
+    const runEnd = (p: number, limit: number): number => {
+      const state = stateOf(p);
+      let end = p + 1;
+      while (end < limit && stateOf(end) === state) end++;
+      return end;
+    };
+    return this.fillExtents(offset, length, reqOne, out, maxExtents, stateOf, runEnd);
   }
+
 }
 
 /** Copies the bytes of one page (whose file offset is `from`) that fall inside dst (at file offset `offset`). */

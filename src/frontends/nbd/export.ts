@@ -234,6 +234,17 @@ export class NbdExport {
    * ask again from where it ended). Extents never run past the request.
    */
   blockStatus(offset: number, length: number, reqOne: boolean, out: Uint32Array, maxExtents: number): number {
+    // kindRunEnd walks the slot map in one loop; each run becomes one extent.
+    return this.fillExtents(offset, length, reqOne, out, maxExtents, (p) => this.pageState(p), (p, limit) => this.store.kindRunEnd(this.area, p, limit));
+  }
+
+  /**
+   * blockStatus()'s extent writer, shared with subclasses: `stateOf(page)` gives a page's flags,
+   * `runEnd(page, limit)` the first page after `page` (at most `limit`, exclusive) whose state
+   * differs; each run becomes one extent, under the limits blockStatus() documents.
+   */
+  protected fillExtents(offset: number, length: number, reqOne: boolean, out: Uint32Array, maxExtents: number,
+    stateOf: (page: number) => number, runEnd: (page: number, limit: number) => number): number {
     const ps = this.pageSize;
     const reqEnd = offset + length;
     let page = Math.floor(offset / ps);
@@ -241,10 +252,9 @@ export class NbdExport {
     const lastPage = Math.min(Math.floor((reqEnd - 1) / ps), page + Math.max(1, Math.floor(BLOCK_STATUS_MAX_BYTES / ps)) - 1);
     let n = 0;
     let runStart = offset;
-    // kindRunEnd walks the slot map in one loop; each run becomes one extent.
     while (page <= lastPage) {
-      const state = this.pageState(page);
-      const end = this.store.kindRunEnd(this.area, page, lastPage + 1); // exclusive page
+      const state = stateOf(page);
+      const end = runEnd(page, lastPage + 1); // exclusive page
       const stop = Math.min(end * ps, reqEnd);
       out[2 * n] = stop - runStart;
       out[2 * n + 1] = state;
