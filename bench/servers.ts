@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 
 export const REPO = fileURLToPath(new URL('../../', import.meta.url));
 /** The node flags bin/zdedup.js's shebang and the systemd units run the server with. */
-export const SERVE_NODE_FLAGS = ['--max-semi-space-size=1'];
+export const SERVE_NODE_FLAGS = ['--max-semi-space-size=1', '--initial-old-space-size=64'];
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

@@ -33,7 +33,7 @@
  * the partly used arenas (O(arenas) per new zspage, which happens once per objsPerZspage
  * allocations); after heavy frees many arenas may be partly used until compact() runs.
  */
-import { buildClassTable, classFor, MAX_OBJS_PER_ZSPAGE, type ClassTable } from './size-class.js';
+import { buildClassTable, classFor, MAX_CHAIN, MAX_OBJS_PER_ZSPAGE, type ClassTable } from './size-class.js';
 import { grow, growable } from './typed.js';
 import { tuneMallocForArenas } from '../codec/native.js';
 
@@ -108,7 +108,10 @@ export class ZsPool {
   /** Per arena: one byte per unit, 1 = used by a zspage. */
   private arenaUnits: (Uint8Array | null)[] = [];
   private arenaUsed: number[] = []; // units in use
-  private arenaMaxRun: number[] = []; // longest run of free units
+  /** Longest run of free units, capped at MAX_CHAIN (runs are only ever compared with a chain length). */
+  private arenaMaxRun: number[] = [];
+  /** No unit below this one is free: where the run scans start (an arena fills front to back). */
+  private arenaFirstFree: number[] = [];
   private arenaFreeIds: number[] = [];
   /** Arenas with at least one free unit, and the flag saying an arena is in that list. */
   private partial: number[] = [];
@@ -339,7 +342,8 @@ export class ZsPool {
     this.arenaBuf[a] = Buffer.allocUnsafeSlow(bytes);
     this.arenaUnits[a] = new Uint8Array(units);
     this.arenaUsed[a] = 0;
-    this.arenaMaxRun[a] = units;
+    this.arenaMaxRun[a] = Math.min(units, MAX_CHAIN);
+    this.arenaFirstFree[a] = 0;
     this.partial.push(a);
     this.arenaInPartial[a] = true;
     this.liveArenas++;
@@ -350,13 +354,19 @@ export class ZsPool {
   /** Marks the first run of k free units in arena a as used; returns its first unit. */
   private takeRun(a: number, k: number): number {
     const map = this.arenaUnits[a]!;
-    let start = 0;
-    for (let u = 0; u < map.length; u++) {
+    const first = this.arenaFirstFree[a]!;
+    let start = first;
+    for (let u = first; u < map.length; u++) {
       if (map[u] !== 0) { start = u + 1; continue; }
       if (u - start + 1 === k) break;
     }
     map.fill(1, start, start + k);
     this.arenaUsed[a]! += k;
+    if (start === first) {
+      let f = start + k;
+      while (f < map.length && map[f] !== 0) f++;
+      this.arenaFirstFree[a] = f;
+    }
     this.updateRun(a);
     return start;
   }
@@ -364,13 +374,19 @@ export class ZsPool {
   private giveRun(a: number, start: number, k: number): void {
     this.arenaUnits[a]!.fill(0, start, start + k);
     this.arenaUsed[a]! -= k;
+    if (start < this.arenaFirstFree[a]!) this.arenaFirstFree[a] = start;
     this.updateRun(a);
   }
 
+  /**
+   * Recomputes the arena's longest free run, capped at MAX_CHAIN, scanning from its first free
+   * unit and stopping at the cap: while an arena fills front to back this reads a few bytes, not
+   * the whole unit map (it ran once per new zspage: 2 us per stored page of the 4 KiB class).
+   */
   private updateRun(a: number): void {
     const map = this.arenaUnits[a]!;
     let best = 0, run = 0;
-    for (let u = 0; u < map.length; u++) {
+    for (let u = this.arenaFirstFree[a]!; u < map.length && best < MAX_CHAIN; u++) {
       run = map[u] === 0 ? run + 1 : 0;
       if (run > best) best = run;
     }
