@@ -6,7 +6,7 @@
  *   refs       u8            1      slots referring to the object; 255 = count in `bigRefs` (rare)
  *   lens       u16 | u32     2      stored length (compressed, or pageSize when kept raw)
  *   keys.lo/hi u32 x 2       8      fingerprint (XXH3-64 of the page); a free id's lo = next free + 1
- *   flags      u8            1      IN_RAM | IN_TIER | REFERENCED | IN_COLD | COLD_SKIP
+ *   flags      u8            1      IN_RAM | IN_TIER | REFERENCED | IN_COLD | COLD_SKIP | IN_STAGE
  *   w0, w1     u32 x 2       8      tier location (meaning chosen by the tier: disk = segment, offset)
  *   prev, next u32 x 2       8      LRU links (NIL ends), only while IN_RAM
  *   owner      u16           2      area that created the object — only when an area has a pool quota
@@ -38,6 +38,8 @@ export const REFERENCED = 4;
 export const IN_COLD = 8;
 /** Found unfit for a cold group (zstd of its group did not beat lz4, or corrupt): stays hot. */
 export const COLD_SKIP = 16;
+/** Staged: a new object whose raw page waits in the compression stage's ring (src/core/stage.ts); excludes the others. */
+export const IN_STAGE = 32;
 
 const NIL = 0xffffffff;
 const REFS_BIG = 255;

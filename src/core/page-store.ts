@@ -52,7 +52,8 @@ import { NO_TIER_STATS, type AppendResult, type CleaningOwner, type Liveness, ty
 import { EphemeralTable } from './ephemeral.js';
 import { ColdTier, NO_COLD_STATS, parseColdOptions, type ColdConfig } from './cold.js';
 import { Maintenance, type MaintenanceEvents } from './maintenance.js';
-import { IN_COLD, IN_RAM, IN_TIER, REFERENCED, ObjectTable, type ObjectId } from './objects.js';
+import { IN_COLD, IN_RAM, IN_STAGE, IN_TIER, REFERENCED, ObjectTable, type ObjectId } from './objects.js';
+import { CompressStage } from './stage.js';
 import type { PageStoreStats } from './stats.js';
 
 export type { PageStoreStats } from './stats.js';
@@ -114,6 +115,13 @@ export interface PageStoreOptions {
   /** Bytes per pool arena (default 1 MiB). Tests use small arenas (>= 16 pages) so a pool of a few
    *  zspages can be limited and writeback runs on almost every step. */
   arenaBytes?: number;
+  /**
+   * Worker threads that compress new pages while the store goes on (src/core/stage.ts); 0 (the
+   * default here) compresses on the calling thread. Not used in durable mode (objects go to the
+   * log compressed at store time). `stageSlots`: pages the stage holds at most (default 512).
+   */
+  compressThreads?: number;
+  stageSlots?: number;
 }
 
 /** Metadata per page slot, written or not: the area's u32 slot-map cell. */
@@ -132,6 +140,8 @@ const SAME = 0x80000000;
 const MAX_AREA_PAGES = 2 ** 31;
 /** Tier reads in flight at most, store-wide (each holds a page buffer here and a read buffer in the tier). */
 const TIER_READS_IN_FLIGHT = 32;
+/** Pages the compression stage holds by default: 2 MiB of raw pages + 2 MiB of outputs at 4 KiB. */
+const DEFAULT_STAGE_SLOTS = 512;
 /** Second chances given per evictOldest() call at most (bounds one writeback step). */
 const EVICT_MAX_ROTATIONS = 4096;
 
@@ -262,6 +272,9 @@ export class PageStore {
   private readonly durable: Durable | null = null;
   /** The journal of durable mode, or null. */
   private readonly jnl: Durable['journal'] | null = null;
+  /** The compression stage (worker threads), or null: new pages are compressed inline. */
+  private readonly stage: CompressStage | null = null;
+  private readonly installStaged = (id: number, area: number, len: number, bytes: Uint8Array): boolean => this.install(id, area, len, bytes);
 
   private c = {
     stored_pages: 0, same_filled_pages: 0, zero_pages: 0, unique_objects: 0,
@@ -330,6 +343,13 @@ export class PageStore {
       const tier = this.tier as DiskTier;
       tier.serialOf = (id) => this.objects.serialOf(id);
       this.cleaningOwner.resolve = (id, w0, w1, lo, hi) => this.objectAt(id, w0, w1, lo, hi);
+    }
+    const threads = opts.compressThreads ?? 0;
+    if (!Number.isSafeInteger(threads) || threads < 0 || threads > 64) throw new ZdedupError('ERR_INVALID_ARGUMENT', `compress threads must be 0..64, got ${String(threads)}`);
+    if (threads > 0 && this.durable === null && this.codec.name !== 'none') {
+      this.stage = new CompressStage({ slots: opts.stageSlots ?? DEFAULT_STAGE_SLOTS, pageSize: ps, threads, codec: this.codec, cap: this.incompressibleCap });
+      this.stage.onDone = () => { if (!this.closed) this.stage!.drain(this.installStaged); };
+      this.stage.onWorkerError = (w, e) => events('error', 'compression worker failed: its pages are compressed on the main thread', { worker: w, error: e.message });
     }
     this.maintenance = new Maintenance(this, this.tier, events, opts.background ?? (this.tier !== null || this.cold !== null));
   }
@@ -884,7 +904,7 @@ export class PageStore {
     const v = slots[offset]!;
     if (v === 0 || (v & SAME) !== 0) return false;
     const id = v - 1;
-    if ((this.objects.flags[id]! & (IN_RAM | IN_COLD)) !== 0) return false;
+    if ((this.objects.flags[id]! & (IN_RAM | IN_COLD | IN_STAGE)) !== 0) return false;
     return !this.tier!.locateBuffered(this.objects.w0[id]!, this.objects.w1[id]!);
   }
 
@@ -992,10 +1012,12 @@ export class PageStore {
     }
     this.closed = true;
     await this.maintenance.stop();
+    await this.stage?.close();
     await this.tier?.close();
   }
 
   stats(): PageStoreStats {
+    if (this.stage !== null && !this.closed) this.stage.drain(this.installStaged);
     const c = this.c;
     const P = this.pageSize;
     const pool = this.pool.totalSize();
@@ -1020,7 +1042,9 @@ export class PageStore {
       slot_map_reserved_bytes: this.slotMapReservedBytes(),
       compression_ratio: c.compressed_bytes > 0 ? (c.unique_objects * P) / c.compressed_bytes : 1,
       dedup_ratio: c.unique_objects > 0 ? dedupSlots / c.unique_objects : 1,
-      effective_ratio: (c.stored_pages * P) / (pool + (this.cold?.bytes() ?? 0) + meta),
+      effective_ratio: (c.stored_pages * P) / (pool + (this.cold?.bytes() ?? 0) + (this.stage?.bytes() ?? 0) + meta),
+      stage_pages: this.stage?.staged ?? 0,
+      stage_bytes: this.stage?.bytes() ?? 0,
       reject_alloc_fail: c.reject_alloc_fail,
       pool_limit_hit: c.pool_limit_hit,
       reject_reclaim_fail: c.reject_reclaim_fail,
@@ -1217,7 +1241,22 @@ export class PageStore {
       return id + 1;
     }
 
-    // A new object.
+    // A new object: staged for a worker to compress when it can be, else compressed here.
+    if (this.stage !== null && this.stageable(area)) {
+      const o = this.objects;
+      const id = o.newId();
+      o.lens[id] = P;
+      o.keys.lo[id] = lo;
+      o.keys.hi[id] = hi;
+      o.refs[id] = 1;
+      o.flags[id] = IN_STAGE;
+      if (o.owner !== null) o.owner[id] = area;
+      this.stage.stage(id, area, page);
+      index.insert(id);
+      c.unique_objects++;
+      c.compressed_bytes += P;
+      return id + 1;
+    }
     let len = this.codec.compress(page, P, this.scratch, this.incompressibleCap);
     const raw = len === 0;
     if (raw) len = P;
@@ -1235,6 +1274,51 @@ export class PageStore {
     c.compressed_bytes += len;
     if (raw) c.stored_incompressible_pages++;
     return id + 1;
+  }
+
+  /**
+   * A new object of `area` may be staged: a slot is free (after taking the workers' answers, when
+   * none was), and nothing about its placement must be decided now: not durable (the log wants
+   * it compressed at store time), not an ephemeral page, no pool quota, pool not full.
+   */
+  private stageable(area: number): boolean {
+    if (this.ramOnly || this.poolFull || this.areaQuota[area]! > 0) return false;
+    const st = this.stage!;
+    if (!st.canStage()) st.drain(this.installStaged);
+    return st.canStage();
+  }
+
+  /**
+   * Installs staged object `id` with its compressed bytes (len 0: incompressible, `bytes` is the
+   * raw page): placed as a new object would have been. False keeps it staged (retried at the
+   * next drain): the pool had no room for it now.
+   */
+  private install(id: number, area: number, len: number, bytes: Uint8Array): boolean {
+    const o = this.objects;
+    const P = this.pageSize;
+    const raw = len === 0;
+    const n = raw ? P : len;
+    // placeIn, not place: a staged object that must wait is not a refused store (nothing to log).
+    const r = this.poolFull && this.tier === null ? S_POOL_LIMIT : this.placeIn(area, id, o.keys.lo[id]!, o.keys.hi[id]!, raw, bytes, n);
+    if (r !== S_OK) { o.flags[id] = IN_STAGE; return false; }
+    o.lens[id] = n;
+    this.c.compressed_bytes += n - P;
+    if (raw) this.c.stored_incompressible_pages++;
+    return true;
+  }
+
+  /**
+   * Blocks until the compression workers have answered every staged page and installs them all
+   * (bounded by one stage of compression, a few ms). For tests and exact figures; the store
+   * never needs it for correctness.
+   */
+  settleStage(): void {
+    this.stage?.settle(this.installStaged);
+  }
+
+  /** Test hook: compression worker w, or null (no stage). */
+  compressWorkerForTest(w: number): import('node:worker_threads').Worker | null {
+    return this.stage?.workerForTest(w) ?? null;
   }
 
   /**
@@ -1373,6 +1457,8 @@ export class PageStore {
     if ((o.flags[id]! & IN_RAM) !== 0) {
       this.pool.locate(id);
       buf = this.pool.locBuf; off = this.pool.locOff;
+    } else if ((o.flags[id]! & IN_STAGE) !== 0) {
+      return Buffer.compare(this.stage!.page(this.stage!.slotOf(id)), page) === 0 ? 1 : 0;
     } else if ((o.flags[id]! & IN_COLD) !== 0) {
       if (!this.cold!.locate(id)) { this.c.decompress_fail++; return -2; } // damaged group: never share with it
       return this.cold!.pageBuf.compare(page, 0, P, this.cold!.pageOff, this.cold!.pageOff + P) === 0 ? 1 : 0;
@@ -1428,6 +1514,7 @@ export class PageStore {
       this.decode(this.pool.locBuf, this.pool.locOff, len, into, at, o.keys.lo[id]!, o.keys.hi[id]!, true);
       return L_HIT;
     }
+    if ((f & IN_STAGE) !== 0) { into.set(this.stage!.page(this.stage!.slotOf(id)), at); return L_HIT; }
     if ((f & IN_COLD) !== 0) { this.loadCold(id, into, at); return L_HIT; }
     const tier = this.tier!;
     const w0 = o.w0[id]!, w1 = o.w1[id]!;
@@ -1570,7 +1657,8 @@ export class PageStore {
     if ((f & IN_COLD) !== 0) this.cold!.release(id);
     this.c.unique_objects--;
     this.c.compressed_bytes -= len;
-    if (len === this.pageSize) this.c.stored_incompressible_pages--;
+    if ((f & IN_STAGE) !== 0) this.stage!.forget(id);
+    else if (len === this.pageSize) this.c.stored_incompressible_pages--;
     o.freeId(id);
     return (f & IN_RAM) !== 0 ? len : 0;
   }
@@ -1905,11 +1993,16 @@ export class PageStore {
     if (same !== this.c.same_filled_pages) throw new Error(`same_filled_pages ${this.c.same_filled_pages} != ${same}`);
     if (zero !== this.c.zero_pages) throw new Error(`zero_pages ${this.c.zero_pages} != ${zero}`);
     if (refsSeen.size !== this.c.unique_objects) throw new Error(`unique_objects ${this.c.unique_objects} != ${refsSeen.size}`);
-    let ram = 0, ramBytes = 0, inTier = 0, bytes = 0;
+    let ram = 0, ramBytes = 0, inTier = 0, bytes = 0, staged = 0;
     for (const [id, n] of refsSeen) {
       if (o.refCount(id) !== n) throw new Error(`object ${id}: refs ${o.refCount(id)} != ${n} slots`);
       const f = o.flags[id]!;
-      if ((f & (IN_RAM | IN_TIER | IN_COLD)) === 0) throw new Error(`object ${id} has no location`);
+      if ((f & (IN_RAM | IN_TIER | IN_COLD | IN_STAGE)) === 0) throw new Error(`object ${id} has no location`);
+      if ((f & IN_STAGE) !== 0) {
+        if (f !== IN_STAGE) throw new Error(`staged object ${id} also has flags ${f}`);
+        if (this.stage === null || this.stage.slotOf(id) < 0) throw new Error(`staged object ${id} has no stage slot`);
+        staged++;
+      }
       if (((f & IN_RAM) !== 0) !== this.pool.isAllocated(id)) throw new Error(`object ${id}: IN_RAM ${(f & IN_RAM) !== 0} but pool allocation ${this.pool.isAllocated(id)}`);
       if ((f & IN_RAM) !== 0) { ram++; ramBytes += o.lens[id]!; }
       if ((f & IN_TIER) !== 0) inTier++;
@@ -1919,16 +2012,18 @@ export class PageStore {
     if (ramBytes !== this.ramBytes) throw new Error(`ram bytes ${this.ramBytes} != ${ramBytes}`);
     if (inTier !== this.tierObjects) throw new Error(`tier objects ${this.tierObjects} != ${inTier}`);
     if (bytes !== this.c.compressed_bytes) throw new Error(`compressed_bytes ${this.c.compressed_bytes} != ${bytes}`);
+    if (staged !== (this.stage?.staged ?? 0)) throw new Error(`staged objects ${this.stage?.staged ?? 0} != ${staged}`);
     if (this.tier instanceof DiskTier) this.tier.checkInvariants();
     this.cold?.checkInvariants();
   }
 
   /** Where the object behind a slot lives (tests): 'ram', 'tier', 'both', or null for none. */
-  locationForTest(area: AreaId, offset: number): 'ram' | 'tier' | 'both' | 'cold' | null {
+  locationForTest(area: AreaId, offset: number): 'ram' | 'tier' | 'both' | 'cold' | 'stage' | null {
     const v = this.slotsOf(area)[offset]!;
     if (v === 0 || v & SAME) return null;
     const f = this.objects.flags[v - 1]!;
     if ((f & IN_COLD) !== 0) return 'cold';
+    if ((f & IN_STAGE) !== 0) return 'stage';
     return (f & IN_RAM) !== 0 ? ((f & IN_TIER) !== 0 ? 'both' : 'ram') : 'tier';
   }
 
@@ -1937,6 +2032,7 @@ export class PageStore {
     const v = this.slotsOf(area)[offset]!;
     if (v === 0 || v & SAME) throw new Error('slot holds no object');
     const id = v - 1;
+    this.settleStage(); // a staged page is a raw copy in RAM: corrupt what it becomes
     if ((this.objects.flags[id]! & IN_RAM) !== 0) {
       this.pool.locate(id);
       const i = this.pool.locOff + ((this.objects.lens[id]! / 2) | 0);

@@ -35,6 +35,10 @@ export interface PageStoreStats extends TierStats, ColdStats {
   ram_compressed_bytes: number;
   /** Bytes of per-page and per-object metadata (typed arrays, tables, arena bookkeeping); slot maps count only the 4 KiB blocks ever written. */
   metadata_bytes: number;
+  /** New pages waiting in the compression stage for a worker (0 when the stage is off or has caught up). */
+  stage_pages: number;
+  /** Shared memory of the compression stage (raw pages + outputs; fixed, 0 when off). */
+  stage_bytes: number;
   /** Bytes reserved for slot maps (4 per slot, written or not): address space, backed by the kernel only where written. */
   slot_map_reserved_bytes: number;
   /** unique_objects * page_size / compressed_bytes (1 when empty). */

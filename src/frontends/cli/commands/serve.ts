@@ -63,6 +63,8 @@ export interface ServeConfig {
   remote: RemoteConfig | null;
   /** The cold tier (--cold-codec; null: off) with its idle time and group size. */
   cold: { codec: string; afterSeconds: number; groupPages: number } | null;
+  /** Worker threads compressing new pages beside the request thread (0: on the request thread). */
+  compressThreads: number;
   /** Durable mode: acknowledged FLUSH / FUA writes survive a crash and a restart on the same backing. */
   persist: boolean;
   /** Durable mode: journal bytes between checkpoints (undefined: the store's default, 64 MiB). */
@@ -102,6 +104,7 @@ interface RawSettings extends RemoteRaw {
   coldCodec?: string;
   coldAfter?: string;
   coldGroup?: string;
+  compressThreads?: string;
   persist?: boolean;
   checkpointInterval?: string;
   insecure?: boolean;
@@ -140,6 +143,7 @@ const ENV: Record<keyof RawSettings, string> = {
   coldCodec: 'ZDEDUP_COLD_CODEC',
   coldAfter: 'ZDEDUP_COLD_AFTER',
   coldGroup: 'ZDEDUP_COLD_GROUP',
+  compressThreads: 'ZDEDUP_COMPRESS_THREADS',
   persist: 'ZDEDUP_PERSIST',
   checkpointInterval: 'ZDEDUP_CHECKPOINT_INTERVAL',
   insecure: 'ZDEDUP_INSECURE',
@@ -235,6 +239,7 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .option('--cold-codec <zstd:LEVEL|off>', `cold tier: objects idle for --cold-after are recompressed with zstd in groups of --cold-group pages, in RAM (default off; ${DEFAULT_COLD_CODEC} when on is the measured choice, see README)`)
     .option('--cold-after <seconds>', `idle time before an object goes cold (default ${DEFAULT_COLD_AFTER_SECONDS}; 0 = at the next pass)`)
     .option('--cold-group <n>', `pages compressed together in one cold frame, 1..64 (default ${DEFAULT_COLD_GROUP_PAGES}); a load of a cold page decompresses its group`)
+    .option('--compress-threads <n>', `worker threads that compress new pages while the request thread goes on, 0..16 (default ${defaultCompressThreads()} here: the CPUs minus one, at most ${MAX_DEFAULT_COMPRESS_THREADS}; 0 = compress on the request thread; not used with --persist)`)
     .option('--insecure', 'allow --http on a non-loopback address (stats and dashboard are read-only and unauthenticated), and NBD --listen on one without --tls=require')
     .option('--socket-mode <mode>', 'permission bits of the unix socket, octal (default 0600: owner only, whatever the umask)')
     .option('--socket-group <group>', 'group of the unix socket (name or gid); use with --socket-mode 0660')
@@ -319,6 +324,11 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
   }
   const remote = resolveRemoteConfig(pick, maxPool);
   const cold = parseColdSettings(pick('coldCodec'), pick('coldAfter'), pick('coldGroup'));
+  const threadsArg = pick('compressThreads');
+  const compressThreads = threadsArg !== undefined ? Number(threadsArg) : defaultCompressThreads();
+  if (!Number.isSafeInteger(compressThreads) || compressThreads < 0 || compressThreads > 16 || (threadsArg !== undefined && threadsArg.trim() === '')) {
+    throw new ZdedupError('ERR_INVALID_ARGUMENT', `--compress-threads must be a whole number from 0 to 16, got "${threadsArg}"`);
+  }
   if (persist && remote !== null) {
     throw new ZdedupError('ERR_INVALID_ARGUMENT', '--persist works with --backing alone: objects in a --remote tier are not part of the durable log');
   }
@@ -377,6 +387,7 @@ export function resolveServeConfig(flags: RawSettings & { config?: string }, env
     backingOverwrite,
     remote,
     cold,
+    compressThreads,
     persist,
     checkpointInterval,
     insecure,
@@ -554,6 +565,14 @@ function socketActivationFds(env: NodeJS.ProcessEnv): number {
 // Running
 // ---------------------------------------------------------------------------------------------
 
+/** Most compression workers chosen by default: on 2 cores, 2 workers wrote 10-25% slower than 1 (they compete with the request thread and the client); see README, "Compression threads". */
+const MAX_DEFAULT_COMPRESS_THREADS = 1;
+
+/** The CPUs minus the request thread's, at most MAX_DEFAULT_COMPRESS_THREADS (0 on one CPU). */
+export function defaultCompressThreads(): number {
+  return Math.max(0, Math.min(MAX_DEFAULT_COMPRESS_THREADS, os.availableParallelism() - 1));
+}
+
 /** --cold-codec / --cold-after / --cold-group: null when the cold tier is off. Usage errors are ERR_INVALID_ARGUMENT / ERR_BAD_CODEC. */
 function parseColdSettings(codec: string | undefined, after: string | undefined, group: string | undefined): ServeConfig['cold'] {
   if (codec === undefined || codec === 'off') {
@@ -578,6 +597,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     acceptThresholdPercent: cfg.acceptThreshold, writethrough: cfg.writethrough,
     ...tierOptions(cfg, (level, msg, fields) => log[level](msg, fields)),
     cold: cfg.cold ?? undefined,
+    compressThreads: cfg.compressThreads,
     persist: cfg.persist ? { checkpointBytes: cfg.checkpointInterval } : false,
     background: true, // writeback, cleaning and compaction (src/core/maintenance.ts)
     events: (level, msg, fields) => log[level](msg, fields),
@@ -662,7 +682,7 @@ export async function runServe(cfg: ServeConfig): Promise<number> {
     exports: cfg.exports.map((e) => ({ name: e.name, size: e.size, read_only: e.readOnly === true })),
     page_size: cfg.pageSize, codec: cfg.codec, shared_dedup: cfg.sharedDedup, max_pool: cfg.maxPool,
     accept_threshold: cfg.acceptThreshold, backing: cfg.backing, backing_size: store.stats().backing_size,
-    writethrough: cfg.writethrough, persist: cfg.persist, pid: process.pid,
+    writethrough: cfg.writethrough, persist: cfg.persist, compress_threads: cfg.persist ? 0 : cfg.compressThreads, pid: process.pid,
     ...(cfg.remote !== null ? { remote: cfg.remote.url, remote_domain: cfg.remote.domain, remote_placement: cfg.backing !== null ? cfg.remote.placement : null } : {}),
     ...(cfg.cold !== null ? { cold_codec: cfg.cold.codec, cold_after: cfg.cold.afterSeconds, cold_group: cfg.cold.groupPages } : {}),
     max_connections: cfg.limits.maxConnections, handshake_timeout_ms: cfg.limits.handshakeTimeoutMs,
