@@ -7,7 +7,8 @@
  *   read    nbdcopy URI /dev/shm/out    -> MB/s, then byte-compared with the corpus
  *   latency fio --ioengine=nbd, 4 KiB random reads at queue depth 1 over the written range
  *           -> p50 / p99 completion latency through the socket
- * Servers: zdedup --codec lz4, zdedup --codec zstd, zdedup --codec lz4 --cold-codec zstd:9 (the cold
+ * Servers: zdedup --codec lz4, zdedup --codec zstd, the same with --compress-threads 0 (zstd on the
+ * request thread, to show what the worker gives), zdedup --codec lz4 --cold-codec zstd:9 (the cold
  * tier, idle after a few seconds so the pass runs while the bench waits for it to settle), nbdkit
  * memory allocator=zstd (the baseline every ratio is taken against), nbdkit memory allocator=sparse
  * (plain RAM, no compression).
@@ -59,6 +60,8 @@ const BENCH_COLD_AFTER = '3';
 const SERVERS: ServerSpec[] = [
   zdedup('zdedup-lz4', ['--codec', 'lz4']),
   zdedup('zdedup-zstd', ['--codec', 'zstd']),
+  // The request thread compressing alone (the default uses one worker thread on this machine).
+  zdedup('zdedup-zstd-inline', ['--codec', 'zstd', '--compress-threads', '0']),
   zdedup('zdedup-lz4-cold', ['--codec', 'lz4', '--cold-codec', 'zstd:9', '--cold-after', BENCH_COLD_AFTER]),
   { name: 'nbdkit-zstd', stats: false, argv: (s, n) => ['nbdkit', ['-f', '-U', s, 'memory', String(n), 'allocator=zstd']] },
   { name: 'nbdkit-sparse', stats: false, argv: (s, n) => ['nbdkit', ['-f', '-U', s, 'memory', String(n), 'allocator=sparse']] },
@@ -109,7 +112,7 @@ async function fetchStore(http: string): Promise<Record<string, number> | null> 
     const out: Record<string, number> = {};
     for (const k of ['stored_pages', 'zero_pages', 'same_filled_pages', 'duplicate_pages', 'unique_objects', 'pool_total_size',
       'compressed_bytes', 'metadata_bytes', 'compression_ratio', 'dedup_ratio', 'effective_ratio',
-      'cold_objects', 'cold_bytes', 'cold_pending_pages', 'cold_loads', 'cold_skipped_pages']) {
+      'cold_objects', 'cold_bytes', 'cold_pending_pages', 'cold_loads', 'cold_skipped_pages', 'stage_pages', 'stage_bytes']) {
       if (typeof src[k] === 'number') out[k] = src[k] as number;
     }
     return out;
@@ -239,11 +242,11 @@ function ratio(a: number | null, b: number | null): number | null {
 }
 
 function table(rows: Row[]): string {
-  const head = '| corpus | server | write MB/s | read MB/s | RSS after write MiB | settled RSS MiB | settle s | pool MiB | cold MiB | runtime overhead MiB | corpus/settled RSS | 4K read p50 µs | p99 µs | write ×base | settled RSS ×base | verified |';
-  const lines = [head, '|' + '---|'.repeat(16)];
+  const head = '| corpus | server | write MB/s | read MB/s | RSS ready MiB | RSS after write MiB | settled RSS MiB | settle s | pool MiB | cold MiB | runtime overhead MiB | corpus/settled RSS | 4K read p50 µs | p99 µs | write ×base | settled RSS ×base | verified |';
+  const lines = [head, '|' + '---|'.repeat(17)];
   for (const r of rows) {
     const base = rows.find((b) => b.corpus === r.corpus && b.server === BASELINE);
-    lines.push(`| ${r.corpus} | ${r.server} | ${f1(r.write_mb_s)} | ${f1(r.read_mb_s)} | ${mib(r.rss_growth_bytes)} | ${mib(r.rss_settled_growth_bytes)} | ${f1(r.settle_seconds)} | ` +
+    lines.push(`| ${r.corpus} | ${r.server} | ${f1(r.write_mb_s)} | ${f1(r.read_mb_s)} | ${mib(r.rss_before_bytes)} | ${mib(r.rss_growth_bytes)} | ${mib(r.rss_settled_growth_bytes)} | ${f1(r.settle_seconds)} | ` +
       `${mib(r.store?.['pool_total_size'] ?? null)} | ${mib(r.store?.['cold_bytes'] ?? null)} | ${mib(r.runtime_overhead_bytes)} | ${f2(r.bytes_per_rss_byte)} | ` +
       `${f1(r.lat_p50_us)} | ${f1(r.lat_p99_us)} | ${f2(ratio(r.write_mb_s, base?.write_mb_s ?? null))} | ` +
       `${f2(ratio(r.rss_settled_growth_bytes, base?.rss_settled_growth_bytes ?? null))} | ${r.error !== null ? `ERROR: ${r.error}` : r.verified ? 'yes' : 'NO'} |`);
@@ -354,7 +357,8 @@ async function main(): Promise<void> {
     `Each server gets a fresh export of exactly the corpus size on a unix socket. Write = \`nbdcopy --connections=${WRITE_CONNECTIONS} CORPUS URI\`, ` +
     `read = \`nbdcopy URI /dev/shm/out\` then byte-compared; MB = 10^6 bytes. RSS growth = server VmRSS minus VmRSS when ready: ` +
     `right after the write, and settled (zdedup: cold_pending_pages = 0; every server: VmRSS steady within 1 MiB for 3 s), ` +
-    `"settle s" after the write. zdedup-lz4-cold = \`--codec lz4 --cold-codec zstd:9 --cold-after ${BENCH_COLD_AFTER}\` ` +
+    `"settle s" after the write. "RSS ready" = VmRSS when the server answered (zdedup: Node runtime + one compression worker thread's isolate). ` +
+    `Every zdedup server but zdedup-zstd-inline (\`--compress-threads 0\`) compresses new pages in one worker thread (the default on 2 CPUs). zdedup-lz4-cold = \`--codec lz4 --cold-codec zstd:9 --cold-after ${BENCH_COLD_AFTER}\` ` +
     `(groups of 8): it writes at lz4 speed, then recompresses while settling. "runtime overhead" = peak RSS growth during ` +
     `the write minus pool_total_size, cold_bytes and metadata_bytes after it: what the Node runtime and request buffers cost. ` +
     `Latency = fio nbd engine, 4 KiB random reads, QD1, ${latIos} I/Os (the cold server's reads decompress groups: a second read of a page promotes it). ` +
