@@ -82,6 +82,7 @@ import {
   readOffset, validateRequest, type RequestContext, type RequestHeader, type WireErrno,
 } from './protocol.js';
 import { startTls, type TlsCredentials, type TlsMode } from './tls.js';
+import { youngGc } from '../../core/reclaim.js';
 
 /** Parser states (named, so logs and tests can say where a connection was). */
 export const State = {
@@ -99,6 +100,15 @@ export const State = {
 } as const;
 export type State = typeof State[keyof typeof State];
 
+/**
+ * Socket input (all connections) between two young-generation collections: Node's socket read
+ * buffers (64 KiB each, from malloc) are freed only when V8 collects them, which it does by JS
+ * allocation, not by their size (reclaim.ts, youngGc). Measured on a 631 MiB write through 4
+ * connections: malloc's heap peaked at 59-72 MiB without this; with it, at ~YOUNG_GC_INPUT_BYTES
+ * plus what is live. A scavenge of this small heap costs ~0.1-0.5 ms: < 1% of the CPU at 400 MB/s.
+ */
+const YOUNG_GC_INPUT_BYTES = 4 * 1024 * 1024;
+let inputSinceGc = 0;
 /** Replies waiting in the socket beyond this stop the parser until 'drain'. */
 const OUTPUT_HIGH_WATER = 4 * 1024 * 1024;
 /** Request problems logged per connection before the rest are only counted. */
@@ -260,6 +270,8 @@ export class NbdConnection implements BudgetHolder {
   // Stream listeners, as fields so they can be detached from the raw socket at STARTTLS.
   private readonly onData = (chunk: Buffer): void => {
     this.progress++;
+    inputSinceGc += chunk.length;
+    if (inputSinceGc >= YOUNG_GC_INPUT_BYTES) { inputSinceGc = 0; youngGc(); }
     if (this.ending()) return; // nothing more is parsed once closing
     this.queue.push(chunk);
     this.pump();
