@@ -1,8 +1,9 @@
 /**
  * A compression worker of the stage (stage.ts): takes slot numbers from its job queue, compresses
  * the slot's raw page into the slot's output area with the store's codec, answers in its done
- * queue, and posts one message whenever main has drained since its last one. Sleeps on the job
- * tail (Atomics.wait) when it has nothing to do. Touches nothing but the shared buffer.
+ * queue, and, when it has caught up, posts a message unless its last one is still unhandled
+ * (the store also drains answers on its own calls). Sleeps on the job tail (Atomics.wait) when
+ * it has nothing to do. Touches nothing but the shared buffer.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { parseCodec } from '../engine/codec/codec.js';

@@ -42,7 +42,7 @@ const JOB_HEAD = 0; // written by the worker
 const JOB_TAIL = 1; // written by main
 const DONE_TAIL = 2; // written by the worker
 const SLEEPING = 3; // 1 while the worker waits for jobs
-const SIGNALED = 4; // 1 once the worker has posted "done" and main has not drained since
+const SIGNALED = 4; // 1 from the worker's "done" message until main's handler of it runs
 const STOP = 5; // set by main: the worker exits
 export const CTL_WORDS = 8;
 
@@ -159,7 +159,13 @@ export class CompressStage {
       // A small heap: the worker only compresses between shared buffers.
       const worker = new Worker(url, { workerData: data, resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 }, stdout: false, stderr: false });
       worker.unref();
-      worker.on('message', () => { if (!this.closing) this.onDone(); });
+      // Only this handler re-arms the worker's message (SIGNALED): opportunistic drains on the
+      // store's own calls do not, so at most one message per worker is ever in flight. (Re-arming
+      // on every drain let a worker that outpaces the request thread post one message per page.)
+      worker.on('message', () => {
+        Atomics.store(this.ctl[w]!, SIGNALED, 0);
+        if (!this.closing) this.onDone();
+      });
       worker.on('error', (e) => this.retire(w, e));
       worker.on('exit', (code) => { if (!this.closing) this.retire(w, new Error(`compression worker exited (code ${code})`)); });
       this.workers.push(worker);
@@ -235,7 +241,6 @@ export class CompressStage {
     let n = 0;
     for (let w = 0; w < this.workers.length; w++) {
       const c = this.ctl[w]!;
-      if (Atomics.load(c, SIGNALED) !== 0) Atomics.store(c, SIGNALED, 0);
       const tail = Atomics.load(c, DONE_TAIL);
       let h = this.doneHead[w]!;
       const done = this.done[w]!;
