@@ -29,8 +29,8 @@
  * - The queues are single-producer single-consumer rings of slot numbers in shared memory, one
  *   pair per worker, each as long as the ring: they cannot overflow.
  * - An object freed while staged is forgotten (its slot marked dead); its slot returns to the
- *   free list only when the worker's answer for it has been drained, never earlier (the worker may
- *   still be writing the slot's output). Object ids are reused, so a slot is never found by id
+ *   free list only when drain() meets it: after the worker's answer for it (the worker may still
+ *   be writing the slot's output), never inside an install. Object ids are reused, so a slot is never found by id
  *   once forgotten.
  * - A worker that fails (error, exit) is retired: the jobs it held are compressed on the main
  *   thread at once, and no new job goes to it. With no worker left, canStage() is false.
@@ -224,12 +224,9 @@ export class CompressStage {
     if (s < 0) throw new Error(`object ${id} is not staged`);
     this.mapDelete(id);
     this.staged--;
-    const w = this.waitingIndex(s);
-    if (w >= 0) { // already compressed, waiting to be installed: the slot is free now
-      this.waiting[w] = this.waiting[--this.waitingCount]!;
-      this.release(s);
-      return;
-    }
+    // Dead until drain() meets it (in a done queue, or in the waiting list): never released
+    // here, since forget() can run inside an install() that drain() is in the middle of (an
+    // install that makes room by dropping ephemeral pages can free another staged object).
     this.slotObj[s] = DEAD;
   }
 
@@ -254,8 +251,10 @@ export class CompressStage {
       this.doneHead[w] = h;
     }
     if (this.waitingCount > 0) {
+      // Only this loop removes entries (forget() marks them DEAD), so index i still holds s.
       for (let i = 0; i < this.waitingCount;) {
         const s = this.waiting[i]!;
+        if (this.slotObj[s] === DEAD) { this.waiting[i] = this.waiting[--this.waitingCount]!; this.release(s); continue; }
         if (this.tryInstall(s, install)) { this.waiting[i] = this.waiting[--this.waitingCount]!; n++; } else i++;
       }
     }
@@ -317,11 +316,6 @@ export class CompressStage {
   private release(s: number): void {
     this.slotObj[s] = FREE;
     this.free[this.freeCount++] = s;
-  }
-
-  private waitingIndex(s: number): number {
-    for (let i = 0; i < this.waitingCount; i++) if (this.waiting[i] === s) return i;
-    return -1;
   }
 
   /**

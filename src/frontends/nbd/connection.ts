@@ -238,12 +238,6 @@ export class NbdConnection implements BudgetHolder {
   private blocked = false;
   private inputEnded = false;
   private pumping = false;
-  /** pump() left the output corked until setImmediate (releaseCork): replies batch per poll phase. */
-  private holdingCork = false;
-  private readonly releaseCork = (): void => {
-    this.holdingCork = false;
-    this.output.uncork();
-  };
   private shuttingDown = false;
   private logBudget = LOG_BUDGET;
   private suppressed = 0;
@@ -396,14 +390,7 @@ export class NbdConnection implements BudgetHolder {
       while (!this.blocked && !this.parked() && !this.ending() && this.step()) { /* next unit */ }
     } finally {
       this.pumping = false;
-      if (this.exp !== undefined && !this.holdingCork && !this.ending()) {
-        // Transmission: keep this cork until the event loop's poll phase is over, so the replies
-        // of every request parsed from this round of socket reads leave in one write.
-        this.holdingCork = true;
-        setImmediate(this.releaseCork);
-      } else {
-        this.output.uncork();
-      }
+      this.output.uncork();
     }
     if (this.ending()) return;
     if (this.state === State.TLS_HANDSHAKE) { this.beginTls(); return; }
