@@ -7,7 +7,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { parseCodec } from '../engine/codec/codec.js';
-import { CTL_WORDS, stageLayout, type StageWorkerData } from './stage.js';
+import { CTL_WORDS, READY, stageLayout, type StageWorkerData } from './stage.js';
 
 const JOB_HEAD = 0, JOB_TAIL = 1, DONE_TAIL = 2, SLEEPING = 3, SIGNALED = 4, STOP = 5;
 
@@ -26,6 +26,7 @@ for (let s = 0; s < d.slots; s++) {
   out.push(new Uint8Array(d.sab, lay.out + s * P, P));
 }
 const codec = parseCodec(d.codec);
+parentPort!.postMessage(READY);
 
 let head = Atomics.load(ctl, JOB_HEAD);
 let doneTail = Atomics.load(ctl, DONE_TAIL);

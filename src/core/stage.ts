@@ -45,7 +45,11 @@ const SLEEPING = 3; // 1 while the worker waits for jobs
 const SIGNALED = 4; // 1 from the worker's "done" message until main's handler of it runs
 const STOP = 5; // set by main: the worker exits
 export const CTL_WORDS = 8;
+/** The worker's first message: its codec is loaded. Later messages (0) mean "answers are waiting". */
+export const READY = 1;
 
+/** How long close() lets a worker end by itself (it may still be loading its codec) before terminate(). */
+const CLOSE_GRACE_MS = 5000;
 /** Longest settle() waits for the workers (a full stage compresses in a few ms). */
 const SETTLE_MAX_MS = 5000;
 const FREE = -1;
@@ -158,11 +162,13 @@ export class CompressStage {
       const data: StageWorkerData = { sab: this.sab, slots, pageSize: P, codec: opts.codec.spec, cap: opts.cap, worker: w, workers: threads };
       // A small heap: the worker only compresses between shared buffers.
       const worker = new Worker(url, { workerData: data, resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 }, stdout: false, stderr: false });
-      worker.unref();
+      // Referenced until it says it is ready: a process that ends while a worker still loads its
+      // native codec library would tear that load down, which aborts Node (see close()).
       // Only this handler re-arms the worker's message (SIGNALED): opportunistic drains on the
       // store's own calls do not, so at most one message per worker is ever in flight. (Re-arming
       // on every drain let a worker that outpaces the request thread post one message per page.)
-      worker.on('message', () => {
+      worker.on('message', (m: number) => {
+        if (m === READY) { worker.unref(); return; }
         Atomics.store(this.ctl[w]!, SIGNALED, 0);
         if (!this.closing) this.onDone();
       });
@@ -287,11 +293,20 @@ export class CompressStage {
   async close(): Promise<void> {
     this.closing = true;
     const ws = this.workers.filter((w): w is Worker => w !== null);
+    const exited = ws.map((w) => new Promise<void>((r) => { w.once('exit', () => r()); }));
     for (let w = 0; w < this.workers.length; w++) {
       Atomics.store(this.ctl[w]!, STOP, 1);
       Atomics.notify(this.ctl[w]!, JOB_TAIL);
     }
-    await Promise.all(ws.map((w) => w.terminate()));
+    // The workers leave their loop and end by themselves: terminate() while one is still loading
+    // its native codec library aborted the whole process (a N-API exception during teardown,
+    // seen when a store was closed right after it was created). terminate() only as a fallback.
+    await Promise.all(ws.map(async (w, i) => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((r) => { timer = setTimeout(() => r('late'), CLOSE_GRACE_MS); });
+      if (await Promise.race([exited[i]!.then(() => 'ok' as const), late]) === 'late') await w.terminate();
+      clearTimeout(timer);
+    }));
     this.live = 0;
   }
 

@@ -140,6 +140,15 @@ test('ephemeral pools under pressure and forced fingerprint collisions: a get re
   assert.ok(seen.evicted > 0, 'the pressure runs evicted ephemeral pages');
 });
 
+test('ephemeral pools under pressure with the compression stage (staged objects shared with entries, installs that drop entries for room)', () => {
+  fc.assert(fc.property(fc.array(opArb, { minLength: 20, maxLength: 200, size: 'max' }), fc.boolean(), (ops, sharedDedup) => {
+    // A 2-slot stage with a real worker: installs happen inside later stores (a full stage is
+    // drained first) while a 1-arena pool keeps hitting its limit, so an install can make room
+    // by dropping ephemeral entries, one of which may hold the last reference to another staged object.
+    run({ arenaBytes: 64 << 10, maxPoolBytes: 64 << 10, sharedDedup, compressThreads: 1, stageSlots: 2 }, ops, false);
+  }), { numRuns: 100 });
+});
+
 test('ephemeral pools beside a disk tier (objects shared with slots that went to the tier): get returns the last put or misses', () => {
   const dir = mkdtempSync(join(tmpdir(), 'zdedup-eph-prop-'));
   try {

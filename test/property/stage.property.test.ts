@@ -107,7 +107,16 @@ test('a compression worker that dies: its pages are compressed on the main threa
       const p = makePage(i % 3 === 0 ? 'random' : 'text', i);
       pages.push(p);
       assert.equal(store.store(area, i, p), 'stored');
-      if (i === 100) await store.compressWorkerForTest(0)!.terminate(); // mid-stream
+      if (i === 100) {
+        store.settleStage(); // the worker has answered: it is past loading its codec library
+        // An unref'd worker's exit alone does not keep the event loop (and this test) alive.
+        const keepAlive = setInterval(() => {}, 1000);
+        try {
+          await store.compressWorkerForTest(0)!.terminate(); // mid-stream
+        } finally {
+          clearInterval(keepAlive);
+        }
+      }
       if (i % 50 === 0) await tick();
     }
     store.settleStage();
