@@ -62,7 +62,7 @@ export function reclaimMemory(): number | null {
  * the young generation by the JS bytes allocated, not by those buffers, so between two
  * scavenges thousands of dead socket chunks pile up in malloc's heap: measured during a 631 MiB
  * nbdcopy write, glibc's [heap] grew from 4.6 to 59-72 MiB (RSS beyond the pool, most of the
- * "runtime overhead"). The NBD connections call this every few MiB of input (connection.ts),
+ * "runtime overhead"). The NBD connections call this every 2 MiB of input (connection.ts),
  * which bounds that pile by the input between two calls.
  */
 export function youngGc(): void {

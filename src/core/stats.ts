@@ -45,7 +45,7 @@ export interface PageStoreStats extends TierStats, ColdStats {
   compression_ratio: number;
   /** (stored_pages - same_filled_pages) / unique_objects (1 when empty). */
   dedup_ratio: number;
-  /** logical_bytes / (pool_total_size + metadata_bytes). */
+  /** logical_bytes / (pool_total_size + cold_bytes + stage_bytes + metadata_bytes). */
   effective_ratio: number;
   /** Stores refused because the allocator could not place the object (id space exhausted). */
   reject_alloc_fail: number;

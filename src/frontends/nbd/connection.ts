@@ -104,10 +104,11 @@ export type State = typeof State[keyof typeof State];
  * Socket input (all connections) between two young-generation collections: Node's socket read
  * buffers (64 KiB each, from malloc) are freed only when V8 collects them, which it does by JS
  * allocation, not by their size (reclaim.ts, youngGc). Measured on a 631 MiB write through 4
- * connections: malloc's heap peaked at 59-72 MiB without this; with it, at ~YOUNG_GC_INPUT_BYTES
- * plus what is live. A scavenge of this small heap costs ~0.1-0.5 ms: < 1% of the CPU at 400 MB/s.
+ * connections, malloc's heap peaked at 59-72 MiB without this, ~32 MiB with a collection every
+ * 4 MiB, ~15 MiB every 1 MiB. At 2 MiB, RSS beyond pool + metadata during a zstd write fell from
+ * ~13 to ~10 MiB (4 runs each) at the same speed: a scavenge of this small heap costs ~0.1-0.5 ms.
  */
-const YOUNG_GC_INPUT_BYTES = 4 * 1024 * 1024;
+const YOUNG_GC_INPUT_BYTES = 2 * 1024 * 1024;
 let inputSinceGc = 0;
 /** Replies waiting in the socket beyond this stop the parser until 'drain'. */
 const OUTPUT_HIGH_WATER = 4 * 1024 * 1024;
