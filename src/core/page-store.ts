@@ -1242,44 +1242,44 @@ export class PageStore {
     }
 
     // A new object: staged for a worker to compress when it can be, else compressed here.
+    const o = this.objects;
     if (this.stage !== null && this.stageable(area, page)) {
-      const o = this.objects;
       const id = o.newId();
-      o.lens[id] = P;
-      o.keys.lo[id] = lo;
-      o.keys.hi[id] = hi;
-      o.refs[id] = 1;
       o.flags[id] = IN_STAGE;
       if (o.owner !== null) o.owner[id] = area;
       this.stage.stage(id, area, page);
-      index.insert(id);
-      c.unique_objects++;
-      c.compressed_bytes += P;
+      this.addObject(index, id, lo, hi, P); // counted raw until install() has its length
       return id + 1;
     }
     let len = this.codec.compress(page, P, this.scratch, this.incompressibleCap);
     const raw = len === 0;
     if (raw) len = P;
     const bytes = raw ? page : this.scratch;
-    const o = this.objects;
     const id = o.newId();
     const placed = this.place(area, id, lo, hi, raw, bytes, len);
     if (placed !== S_OK) { o.freeId(id); return -placed; }
+    this.addObject(index, id, lo, hi, len);
+    if (raw) c.stored_incompressible_pages++;
+    return id + 1;
+  }
+
+  /** Fills new object `id`'s row (one reference, `len` stored bytes), indexes it and counts it. */
+  private addObject(index: FingerprintIndex, id: number, lo: number, hi: number, len: number): void {
+    const o = this.objects;
     o.lens[id] = len;
     o.keys.lo[id] = lo;
     o.keys.hi[id] = hi;
     o.refs[id] = 1;
     index.insert(id);
-    c.unique_objects++;
-    c.compressed_bytes += len;
-    if (raw) c.stored_incompressible_pages++;
-    return id + 1;
+    this.c.unique_objects++;
+    this.c.compressed_bytes += len;
   }
 
   /**
    * A new object of `area` may be staged: it does not look random, a slot is free (after taking
-   * the workers' answers, when none was), and nothing about its placement must be decided now: not durable (the log wants
-   * it compressed at store time), not an ephemeral page, no pool quota, pool not full.
+   * the workers' answers, when none was), and nothing about its placement must be decided now:
+   * not an ephemeral page, no pool quota, pool not full. (Durable mode has no stage: the log
+   * wants objects compressed at store time.)
    */
   private stageable(area: number, page: Uint8Array): boolean {
     if (this.ramOnly || this.poolFull || this.areaQuota[area]! > 0) return false;
@@ -1518,7 +1518,10 @@ export class PageStore {
       this.decode(this.pool.locBuf, this.pool.locOff, len, into, at, o.keys.lo[id]!, o.keys.hi[id]!, true);
       return L_HIT;
     }
-    if ((f & IN_STAGE) !== 0) { into.set(this.stage!.page(this.stage!.slotOf(id)), at); return L_HIT; }
+    if ((f & IN_STAGE) !== 0) { // a raw page in the stage's ring, checked like every load
+      this.decode(this.stage!.page(this.stage!.slotOf(id)), 0, P, into, at, o.keys.lo[id]!, o.keys.hi[id]!, true);
+      return L_HIT;
+    }
     if ((f & IN_COLD) !== 0) { this.loadCold(id, into, at); return L_HIT; }
     const tier = this.tier!;
     const w0 = o.w0[id]!, w1 = o.w1[id]!;
