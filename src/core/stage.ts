@@ -83,7 +83,6 @@ export class CompressStage {
   readonly slots: number;
   readonly pageSize: number;
   private readonly sab: SharedArrayBuffer;
-  private readonly ring: Uint8Array;
   private readonly lens: Int32Array;
   private readonly ctl: Int32Array[] = [];
   private readonly jobs: Int32Array[] = [];
@@ -134,7 +133,6 @@ export class CompressStage {
     this.cap = opts.cap;
     const lay = stageLayout(slots, P, threads);
     this.sab = new SharedArrayBuffer(lay.total);
-    this.ring = new Uint8Array(this.sab, 0, 2 * slots * P);
     this.lens = new Int32Array(this.sab, lay.lens, slots);
     for (let s = 0; s < slots; s++) {
       this.ringView.push(new Uint8Array(this.sab, lay.ring + s * P, P));
