@@ -7,9 +7,9 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { parseCodec } from '../engine/codec/codec.js';
-import { CTL_WORDS, READY, stageLayout, type StageWorkerData } from './stage.js';
-
-const JOB_HEAD = 0, JOB_TAIL = 1, DONE_TAIL = 2, SLEEPING = 3, SIGNALED = 4, STOP = 5;
+import {
+  CTL_WORDS, DONE_TAIL, JOB_HEAD, JOB_TAIL, READY, SIGNALED, SLEEPING, STOP, stageLayout, type StageWorkerData,
+} from './stage.js';
 
 const d = workerData as StageWorkerData;
 const P = d.pageSize;

@@ -38,12 +38,12 @@
 import { Worker } from 'node:worker_threads';
 
 /** Control words per worker (Int32 indexes into ctl). */
-const JOB_HEAD = 0; // written by the worker
-const JOB_TAIL = 1; // written by main
-const DONE_TAIL = 2; // written by the worker
-const SLEEPING = 3; // 1 while the worker waits for jobs
-const SIGNALED = 4; // 1 from the worker's "done" message until main's handler of it runs
-const STOP = 5; // set by main: the worker exits
+export const JOB_HEAD = 0; // written by the worker
+export const JOB_TAIL = 1; // written by main
+export const DONE_TAIL = 2; // written by the worker
+export const SLEEPING = 3; // 1 while the worker waits for jobs
+export const SIGNALED = 4; // 1 from the worker's "done" message until main's handler of it runs
+export const STOP = 5; // set by main: the worker exits
 export const CTL_WORDS = 8;
 /** The worker's first message: its codec is loaded. Later messages (0) mean "answers are waiting". */
 export const READY = 1;
